@@ -1,0 +1,160 @@
+"""Script constants with ``--name=value`` command-line overrides (nanoGPT's configurator, made safe).
+
+A numbered script defines its constants as plain top-level assignments, then calls::
+
+    config = apply_overrides(globals())
+
+which reads the script's own source to find the constants and their comments, applies the
+overrides from ``sys.argv`` (values parsed as Python literals, never evaluated as code), checks each
+value against the type of the constant, and rebinds the names in the script's namespace.
+"""
+from __future__ import annotations
+
+import ast
+import difflib
+import io
+import sys
+import tokenize
+from pathlib import Path
+from typing import Any
+
+from light_training.io import write_json
+
+__all__ = ["apply_overrides", "find_constants", "save_config", "parse_value"]
+
+
+def find_constants(source: str, stop_line: int | None = None) -> dict[str, tuple[Any, str]]:
+    """Top-level constants of a script source: ``{name: (value, comment)}`` in definition order.
+
+    A constant is a top-level ``name = <literal>`` (or ``name: type = <literal>``) above ``stop_line``.
+    Its comment is the trailing ``# ...`` on its line, else the comment lines right above it.
+    """
+    tree = ast.parse(source)
+    comments: dict[int, str] = {}
+    comment_only: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT:
+            comments[tok.start[0]] = tok.string.lstrip("#").strip()
+            if tok.line.strip().startswith("#"):
+                comment_only.add(tok.start[0])
+    constants: dict[str, tuple[Any, str]] = {}
+    for node in tree.body:
+        if stop_line is not None and node.lineno >= stop_line:
+            break
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value_node = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value_node = node.target, node.value
+        else:
+            continue
+        if not isinstance(target, ast.Name) or target.id.startswith("_"):
+            continue
+        try:
+            value = ast.literal_eval(value_node)
+        except ValueError:
+            continue
+        comment = comments.get(node.lineno, "") if node.lineno not in comment_only else ""
+        if not comment:
+            above, line = [], node.lineno - 1
+            while line in comment_only:
+                above.insert(0, comments[line])
+                line -= 1
+            comment = " ".join(above)
+        constants[target.id] = (value, comment)
+    return constants
+
+
+def parse_value(name: str, raw: str, default: Any) -> Any:
+    """Parse the text of ``--name=raw`` against the constant's ``default``; raises ``ValueError``."""
+    if isinstance(default, str):
+        # Paths and names need no quotes; a quoted value is accepted too.
+        try:
+            value = ast.literal_eval(raw)
+            return value if isinstance(value, str) else raw
+        except (ValueError, SyntaxError):
+            return raw
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        if default is None:
+            return raw
+        raise ValueError(f"--{name}={raw}: not a Python literal (expected {type(default).__name__}, "
+                         f"e.g. --{name}={default!r})") from None
+    if default is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"--{name}={raw}: expected True or False")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"--{name}={raw}: expected an int, got {type(value).__name__}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"--{name}={raw}: expected a number, got {type(value).__name__}")
+        return float(value)
+    if isinstance(default, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"--{name}={raw}: expected a list like {list(default)!r}")
+        return type(default)(value)
+    if not isinstance(value, type(default)):
+        raise ValueError(f"--{name}={raw}: expected {type(default).__name__}, got {type(value).__name__}")
+    return value
+
+
+def _help_text(script: str, doc: str | None, constants: dict[str, tuple[Any, str]]) -> str:
+    lines = [doc.strip(), ""] if doc else []
+    lines.append(f"Constants of {script} (override any as --name=value):")
+    width = max((len(n) for n in constants), default=0)
+    for name, (value, comment) in constants.items():
+        lines.append(f"  --{name:<{width}} = {value!r}" + (f"    # {comment}" if comment else ""))
+    return "\n".join(lines)
+
+
+def apply_overrides(namespace: dict[str, Any], argv: list[str] | None = None) -> dict[str, Any]:
+    """Apply ``--name=value`` overrides to the constants of the script whose ``globals()`` is given.
+
+    ``argv`` defaults to ``sys.argv[1:]``. ``--help`` prints every constant with its value and
+    comment and exits 0. A bad name or value exits with a message naming it (and the closest
+    valid name). Returns the resolved constants ``{name: value}``; the namespace is updated too.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    script = namespace.get("__file__")
+    if script is None:
+        raise RuntimeError("apply_overrides(globals()) must be called from a script file")
+    source = Path(script).read_text()
+    call_line = next((node.lineno for node in ast.parse(source).body
+                      if "apply_overrides" in ast.get_source_segment(source, node)
+                      and not isinstance(node, (ast.Import, ast.ImportFrom))), None)
+    constants = find_constants(source, call_line)
+    name_of_script = Path(script).name
+    if any(arg in ("-h", "--help") for arg in argv):
+        print(_help_text(name_of_script, namespace.get("__doc__"), constants))
+        raise SystemExit(0)
+    resolved = {name: namespace.get(name, value) for name, (value, _) in constants.items()}
+    for arg in argv:
+        if not arg.startswith("--"):
+            raise SystemExit(f"{name_of_script}: unexpected argument {arg!r}; use --name=value (see --help)")
+        name, has_value, raw = arg[2:].partition("=")
+        name = name.replace("-", "_")
+        if name not in constants:
+            close = difflib.get_close_matches(name, list(constants), n=1)
+            hint = f"; did you mean --{close[0]}?" if close else ""
+            raise SystemExit(f"{name_of_script}: unknown constant --{name}{hint} (see --help for all)")
+        default = constants[name][0]
+        if not has_value:
+            if not isinstance(default, bool):
+                raise SystemExit(f"{name_of_script}: --{name} needs a value, e.g. --{name}={default!r}")
+            raw = "True"
+        try:
+            resolved[name] = parse_value(name, raw, default)
+        except ValueError as err:
+            raise SystemExit(f"{name_of_script}: {err}") from None
+    namespace.update(resolved)
+    return resolved
+
+
+def save_config(config: dict[str, Any], path: str | Path) -> None:
+    """Write the resolved constants as JSON (atomically) next to a script's outputs."""
+    write_json(config, path)
