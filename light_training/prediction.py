@@ -1,0 +1,200 @@
+"""Whole-volume prediction: sliding windows (MONAI) x Diff-UNet sampling with PURE x mirroring.
+
+Each window is sampled by :meth:`DiffUNet.sample` (boundary branch once, T denoiser steps, PURE
+fusion); the mirrored copies of a window are batched through the network together; MONAI's
+``SlidingWindowInferer`` blends windows with Gaussian importance weights; the result is mapped back
+onto the original image grid by the preprocessing inverse.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from monai.inferers import SlidingWindowInferer
+
+from light_training.io import Geometry, atomic_path, write_volume
+from light_training.preprocessing import restore_to_original
+
+__all__ = ["InferenceSettings", "resolve_device", "autocast_context", "predict_volume", "save_prediction"]
+
+
+@dataclass
+class InferenceSettings:
+    """How windows are predicted. ``precision``: "fp32", "bf16", "fp16" or "auto" (the fastest
+    measured: bf16 on CPUs with bf16 units and on CUDA; see benchmarks/bench_speed.py)."""
+    patch_size: Sequence[int]
+    overlap: float = 0.5
+    mirror_axes: Sequence[int] = (0, 1, 2)  # spatial axes (z, y, x) to mirror; () for none
+    sw_batch_size: int = 1  # windows per network call (each times its mirrored copies)
+    precision: str = "auto"
+    channels_last: bool = True
+    steps: int | None = None  # DDIM steps; None: the model's own
+    progress: bool = True
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``"cuda:0"``-style request, falling back to the CPU (with a note) when CUDA is absent."""
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        print(f"note: {requested} requested but CUDA is not available; running on the CPU")
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+def _cpu_has_bf16() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for ``precision`` on ``device`` ("auto": bf16 where the hardware has it, else fp32)."""
+    if precision == "auto":
+        precision = "bf16" if (device.type == "cuda" or _cpu_has_bf16()) else "fp32"
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"precision must be one of 'auto', 'fp32', 'bf16', 'fp16', got {precision!r}")
+    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
+
+
+class _MirroredSampler:
+    """The inferer's predictor: ``(N, C, *roi)`` windows -> (probabilities ``(N, K, *roi)``,
+    uncertainty ``(N, 1, *roi)``), averaged over every mirror combination of ``mirror_axes``."""
+
+    def __init__(self, model: torch.nn.Module, settings: InferenceSettings, device: torch.device):
+        self.model, self.settings, self.device = model, settings, device
+        axes = [2 + a for a in settings.mirror_axes]
+        self.flips = [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
+
+    def __call__(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = windows.shape[0]
+        batch = torch.cat([windows.flip(f) if f else windows for f in self.flips])  # (n*F, C, *roi)
+        if self.settings.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last_3d)
+        with autocast_context(self.device, self.settings.precision):
+            probs, uncertainty = self.model.sample(batch, steps=self.settings.steps)
+        probs, uncertainty = probs.float(), uncertainty.float()[:, None]
+        probs_sum = torch.zeros_like(probs[:n])
+        unc_sum = torch.zeros_like(uncertainty[:n])
+        for i, f in enumerate(self.flips):  # undo each flip before averaging
+            chunk = slice(i * n, (i + 1) * n)
+            probs_sum += probs[chunk].flip(f) if f else probs[chunk]
+            unc_sum += uncertainty[chunk].flip(f) if f else uncertainty[chunk]
+        return probs_sum / len(self.flips), unc_sum / len(self.flips)
+
+
+@torch.inference_mode()
+def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, settings: InferenceSettings,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Predict one preprocessed volume.
+
+    Args:
+        model: a DiffUNet in eval mode, on ``device``.
+        image: ``(C, Z, Y, X)`` preprocessed image (any size; smaller than a window is padded).
+    Returns:
+        probabilities ``(K, Z, Y, X)`` float32 and uncertainty ``(Z, Y, X)`` float32, on ``device``.
+    """
+    image = torch.as_tensor(np.asarray(image, dtype=np.float32) if isinstance(image, np.ndarray) else image)
+    inferer = SlidingWindowInferer(roi_size=list(settings.patch_size), sw_batch_size=settings.sw_batch_size,
+                                   overlap=settings.overlap, mode="gaussian", progress=settings.progress,
+                                   cache_roi_weight_map=True, device=device, sw_device=device)
+    probs, uncertainty = inferer(image[None].to(device), _MirroredSampler(model, settings, device))
+    return probs[0], uncertainty[0, 0]
+
+
+def save_prediction(probabilities: torch.Tensor, uncertainty: torch.Tensor, properties: dict[str, Any],
+                    labels: Sequence[int], save_dir: str | Path, save_probabilities: bool = False,
+                    save_uncertainty: bool = False) -> Path:
+    """Map a prediction back onto the original image grid and write ``<case>.nii.gz``.
+
+    Args:
+        probabilities: ``(K, z, y, x)`` on the preprocessed grid; uncertainty ``(z, y, x)``.
+        properties: the case's preprocessing properties (crop box, shapes, original geometry).
+        labels: label value of each of the K classes (e.g. ``[0, 1, 2, 3]``).
+    Also writes ``<case>.npz`` (probabilities, compressed) and ``<case>_uncertainty.nii.gz`` on request;
+    every file on exactly the original image's spacing, origin and direction.
+    """
+    save_dir = Path(save_dir)
+    case = properties["case"]
+    geometry = Geometry.from_dict(properties["geometry"])
+    probs = restore_to_original(probabilities.cpu().numpy(), properties, is_label=False)  # (K, Z, Y, X)
+    segmentation = np.asarray(labels, dtype=np.uint8)[probs.argmax(0)]
+    write_volume(segmentation, geometry, save_dir / f"{case}.nii.gz")
+    if save_probabilities:
+        with atomic_path(save_dir / f"{case}.npz") as tmp:
+            np.savez_compressed(tmp, probabilities=probs.astype(np.float16))
+    if save_uncertainty:
+        # the uncertainty is a single float map: restore it like a two-class probability whose
+        # "background" channel is 1 - u, so voxels outside the crop get uncertainty 0
+        u = uncertainty.cpu().numpy()
+        restored = restore_to_original(np.stack([1 - u, u]), properties, is_label=False)[1]
+        write_volume(restored.astype(np.float32), geometry, save_dir / f"{case}_uncertainty.nii.gz")
+    return save_dir / f"{case}.nii.gz"
+
+
+def load_predictor(checkpoint_path: str | Path, dataset: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model from a checkpoint alone; stop with a clear message when it is missing or
+    belongs to another dataset. Returns the model (eval mode, on ``device``) and the checkpoint."""
+    from light_training.checkpoint import build_model, load_checkpoint
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise SystemExit(f"no checkpoint at {path}: train first (the 2_train script writes "
+                         f"<logdir>/model/best.pt) or set --checkpoint=PATH")
+    try:
+        checkpoint = load_checkpoint(path, map_location="cpu")
+        model = build_model(checkpoint)
+    except Exception as err:  # a foreign or damaged file: say which and why, before any work
+        raise SystemExit(f"{path}: not a usable Diff-UNet checkpoint ({type(err).__name__}: {err})") from None
+    trained_on = checkpoint.get("plans", {}).get("dataset")
+    if trained_on != dataset:
+        raise SystemExit(f"{path}: this checkpoint was trained on {trained_on!r}, not {dataset!r}")
+    return model.to(device).eval(), checkpoint
+
+
+def predict_cases(model: torch.nn.Module, checkpoint: dict, settings: InferenceSettings, device: torch.device,
+                  save_dir: str | Path, data_dir: str | Path | None = None, cases: Sequence[str] = (),
+                  input_dir: str | Path | None = None, save_probabilities: bool = False,
+                  save_uncertainty: bool = False) -> list[Path]:
+    """Predict preprocessed ``cases`` of ``data_dir``, or every raw image of ``input_dir``
+    (preprocessed on the fly with the plan stored in the checkpoint). Returns the written files.
+
+    Every input is checked (channel count against the model) before the first window is predicted.
+    """
+    from tqdm import tqdm
+
+    from light_training.io import read_image
+    from light_training.preprocessing import find_raw_cases, load_case, preprocess_case
+    plans = checkpoint["plans"]
+    in_channels = checkpoint["model_config"]["in_channels"]
+    if input_dir is not None:
+        raw_cases = find_raw_cases(input_dir, plans["dataset"], with_labels=False)
+        if not raw_cases:
+            raise SystemExit(f"{input_dir}: no images found for {plans['dataset']}")
+        for raw in raw_cases:
+            if len(raw.image_files) != in_channels:
+                raise SystemExit(f"{raw.case}: {len(raw.image_files)} image file(s) but the model takes "
+                                 f"{in_channels} channel(s) ({', '.join(plans['channel_names'])})")
+        names = [raw.case for raw in raw_cases]
+    else:
+        names = list(cases)
+        missing = [c for c in names if not (Path(data_dir) / f"{c}.json").is_file()]
+        if missing:
+            raise SystemExit(f"{data_dir}: no preprocessed case(s) {missing}; run the preprocessing script")
+    written = []
+    for i, name in enumerate(tqdm(names, desc="cases", unit="case")):
+        if input_dir is not None:
+            image, geometry = read_image(raw_cases[i].image_files)
+            image, _, properties = preprocess_case(image, geometry, None, plans)
+            properties["case"] = name
+        else:
+            image, _, properties = load_case(data_dir, name)
+        if image.shape[0] != in_channels:
+            raise SystemExit(f"{name}: {image.shape[0]} channel(s) but the model takes {in_channels}")
+        probabilities, uncertainty = predict_volume(model, image, settings, device)
+        written.append(save_prediction(probabilities, uncertainty, properties, plans["labels"], save_dir,
+                                       save_probabilities, save_uncertainty))
+    return written
