@@ -35,8 +35,8 @@ from light_training.normalization import intensity_statistics
 from light_training.resampling import ANISOTROPY_THRESHOLD, shape_for_spacing
 
 __all__ = ["DatasetSpec", "DATASETS", "dataset_spec", "RawCase", "find_raw_cases", "read_raw_case",
-           "validate_case", "check_nifti_file", "nonzero_bounding_box", "case_seed", "plans_path", "plan_dataset", "prepare_plans",
-           "map_cases"]
+           "validate_case", "check_nifti_file", "nonzero_bounding_box", "case_seed", "plans_path", "plan_dataset",
+           "prepare_plans", "map_cases"]
 
 INTENSITY_SAMPLES_TOTAL = 10_000_000  # foreground voxels sampled per channel over the whole dataset
 INTENSITY_SAMPLES_PER_CASE = (1_000, 100_000)  # ... but at least / at most this many per case
@@ -190,7 +190,8 @@ def read_raw_case(raw: RawCase, spec: DatasetSpec) -> tuple[np.ndarray, Geometry
         if not Path(path).is_file():
             path = Path(path)
             if len(names) > 1:
-                raise ValueError(f"missing sequence {channel}: neither {path.name} nor {channel}.nii.gz in {path.parent}")
+                raise ValueError(f"missing sequence {channel}: neither {path.name} nor {channel}.nii.gz "
+                                 f"in {path.parent}")
             raise ValueError(f"missing image: {path} not found")
     if raw.label_file is not None and not Path(raw.label_file).is_file():
         raise ValueError(f"missing label: {raw.label_file} not found")
