@@ -1,0 +1,170 @@
+"""Diff-UNet: boundary branch + MBA + diffusion denoiser, MC-Diff training forward, DDIM sampling with PURE.
+
+Parameters of ``DiffUNet(1, 2)`` (paper preset): 62,834,512, versus 63,042,720 in the original release
+(-0.33 %). The release builds modules it never uses: a 1x1x1 MBA conv at the bottleneck (640 -> 320,
+205,120 parameters; the bottleneck uses the parameter-free affinity fusion) and nnU-Net's deep-supervision
+heads on the four lower decoder stages of both U-Nets (2 x 1,544). Everything used is the same
+(benchmarks/count_params.py prints the breakdown).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from diffunet.boundary import boundary_target
+from diffunet.diffusion import T_MAX, LabelEmbedding, alpha_sigma, ddim_times, noise_labels
+from diffunet.presets import FUSIONS, check_patch_size, resolve_config, stage_strides
+from diffunet.pure import StepFusion, normalized_entropy
+from diffunet.unet import BoundaryUNet, DenoiseUNet
+
+__all__ = ["DiffUNet", "DiffUNetOutput"]
+
+
+@dataclass
+class DiffUNetOutput:
+    """Training forward output. ``logits``, ``boundary_logits``: (B, K, D, H, W); ``boundary_target``:
+    (B, D, H, W) int64, what the boundary branch is trained on; ``uncertainty``: (B, D, H, W) in [0, 1]
+    (MC-Diff), None when ``mc_diff=False``."""
+    logits: torch.Tensor
+    boundary_logits: torch.Tensor
+    boundary_target: torch.Tensor
+    uncertainty: torch.Tensor | None
+
+
+def _like_layout(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels_last_3d when ``reference`` is (so the concat with the image stays fast)."""
+    if reference.is_contiguous(memory_format=torch.channels_last_3d) and not reference.is_contiguous():
+        return x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
+class DiffUNet(nn.Module):
+    """Diff-UNet (in_channels image channels, num_classes classes with background).
+
+    ``preset``: "paper" or "tiny" (see :mod:`diffunet.presets`); ``overrides`` replace preset entries,
+    e.g. ``mba=False``, ``fusion="mean"``, ``boundary_target="segmentation"``, ``steps=5``.
+    ``model.config`` is JSON-able and ``DiffUNet(**model.config)`` rebuilds the architecture.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, preset: str = "paper", **overrides: Any):
+        super().__init__()
+        self.config = resolve_config(in_channels, num_classes, preset, **overrides)
+        c = self.config
+        strides = stage_strides(c["strides"])
+        self.num_classes = c["num_classes"]
+        self.boundary = BoundaryUNet(c["in_channels"], self.num_classes, c["features"], strides,
+                                     c["convs_per_stage"], c["kernel_size"])
+        self.denoiser = DenoiseUNet(c["in_channels"], self.num_classes, c["features"], strides, c["convs_per_stage"],
+                                    c["kernel_size"], c["time_dim"], c["time_fourier_dim"], c["mba"])
+        self.label_embedding = LabelEmbedding(self.num_classes, c["bit_scale"])
+
+    # ---------------------------------------------------------------- checks
+    def check_patch_size(self, patch_size: Sequence[int]) -> None:
+        """Raise ValueError (listing sizes that work) unless the network can divide ``patch_size`` (z, y, x)."""
+        check_patch_size(patch_size, self.config["strides"])
+
+    def _check_image(self, image: torch.Tensor) -> None:
+        if image.ndim != 5 or image.shape[1] != self.config["in_channels"]:
+            raise ValueError(f"image must be (B, {self.config['in_channels']}, D, H, W), got {tuple(image.shape)}")
+        self.check_patch_size(image.shape[2:])
+
+    def _check_label(self, image: torch.Tensor, label: torch.Tensor) -> None:
+        if label.shape != (image.shape[0], *image.shape[2:]):
+            raise ValueError(f"label must be (B, D, H, W) = {(image.shape[0], *image.shape[2:])}, "
+                             f"got {tuple(label.shape)}")
+        lo, hi = torch.aminmax(label)
+        if lo < 0 or hi >= self.num_classes:
+            raise ValueError(f"label values must be class indices in [0, {self.num_classes - 1}], "
+                             f"got range [{int(lo)}, {int(hi)}]")
+
+    def _boundary_terms(self, features: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        return self.denoiser.mba.prepare(features) if self.denoiser.mba is not None else None
+
+    # ---------------------------------------------------------------- training
+    def forward(self, image: torch.Tensor, label: torch.Tensor) -> DiffUNetOutput:
+        """Training forward.
+
+        Args:
+            image: ``(B, C, D, H, W)`` float; label: ``(B, D, H, W)`` int64 class indices.
+        Returns:
+            :class:`DiffUNetOutput`: denoiser logits at a random t ~ U(0, 0.999), boundary logits and
+            target, and the MC-Diff uncertainty (mean logits of K more no-grad passes at independent t,
+            softmax, entropy / log K).
+        """
+        self._check_image(image)
+        self._check_label(image, label)
+        c = self.config
+        label = label.long()
+        boundary_logits, features = self.boundary(image)
+        target = boundary_target(label, c["boundary_width"]) if c["boundary_target"] == "boundary" else label
+        terms = self._boundary_terms(features)
+        x0 = _like_layout(self.label_embedding(label), image)  # (B, K, D, H, W)
+        t = torch.rand(image.shape[0], device=image.device) * T_MAX
+        logits = self.denoiser(image, noise_labels(x0, t), t, terms)
+        uncertainty = None
+        if c["mc_diff"]:
+            k = c["mc_samples"]
+            with torch.no_grad():  # K passes in one batch, copy-major (index k * B + b)
+                t_k = torch.rand(k * image.shape[0], device=image.device) * T_MAX
+                x_k = noise_labels(x0.detach().repeat(k, 1, 1, 1, 1), t_k)
+                logits_k = self.denoiser(image.repeat(k, 1, 1, 1, 1), x_k, t_k, terms)
+                mean_logits = logits_k.unflatten(0, (k, image.shape[0])).float().mean(0)
+                uncertainty = normalized_entropy(torch.softmax(mean_logits, dim=1))
+        return DiffUNetOutput(logits, boundary_logits, target, uncertainty)
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def sample(self, image: torch.Tensor, steps: int | None = None, rand_steps: int | None = None,
+               fusion: str | None = None, generator: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """DDIM sampling with step fusion.
+
+        The boundary branch runs once; its MBA terms are reused by every step. Step i: logits_i =
+        denoiser(image, x_t, t_now); x0_hat = embedding(argmax logits_i); eps_hat = (x_t - alpha x0_hat) /
+        sigma; x_next = alpha_next x0_hat + sigma_next eps_hat. ``rand_steps`` independent starts run as
+        one batch and their logits are averaged per step; the T step predictions are fused by ``fusion``.
+
+        Args:
+            image: ``(B, C, D, H, W)``; works under torch.autocast and with channels_last_3d input.
+            steps, rand_steps, fusion: override the config's values for this call.
+            generator: for the starting noise (default: the global RNG, so ``torch.manual_seed`` repeats a call).
+        Returns:
+            probabilities ``(B, K, D, H, W)`` float32 summing to 1 over K, and uncertainty ``(B, D, H, W)``
+            float32 in [0, 1] (normalised entropy of the fused probabilities).
+        """
+        self._check_image(image)
+        c = self.config
+        steps = int(c["steps"] if steps is None else steps)
+        starts = int(c["rand_steps"] if rand_steps is None else rand_steps)
+        fusion = c["fusion"] if fusion is None else fusion
+        if steps < 1 or starts < 1 or fusion not in FUSIONS:
+            raise ValueError(f"need steps >= 1, rand_steps >= 1 and fusion in {FUSIONS}, "
+                             f"got {steps}, {starts}, {fusion!r}")
+        b, _, *spatial = image.shape
+        if c["add_boundary_logits"]:
+            boundary_logits, features = self.boundary(image)
+        else:  # the boundary decoder is only trained, never needed here
+            boundary_logits, features = None, self.boundary.encode(image)
+        terms = self._boundary_terms(features)
+        images = image.repeat(starts, 1, 1, 1, 1) if starts > 1 else image  # (R * B, C, D, H, W)
+        x_t = torch.randn((starts * b, self.num_classes, *spatial), generator=generator, device=image.device)
+        x_t = _like_layout(x_t, image)
+        fuser = StepFusion(steps, fusion)
+        for i, (t_now, t_next) in enumerate(ddim_times(steps)):
+            t = torch.full((starts * b,), t_now, device=image.device)
+            logits = self.denoiser(images, x_t, t, terms)  # (R * B, K, D, H, W)
+            fuser.add(logits.unflatten(0, (starts, b)).float().mean(0))
+            if i == steps - 1:
+                break
+            x0_hat = self.label_embedding(logits.argmax(dim=1))
+            alpha, sigma = alpha_sigma(t)
+            alpha_next, sigma_next = alpha_sigma(torch.full_like(t, t_next))
+            eps_hat = (x_t - alpha * x0_hat) / sigma.clamp(min=1e-8)
+            x_t = alpha_next * x0_hat + sigma_next * eps_hat
+        probs = fuser.result()
+        if boundary_logits is not None:  # the release: fused logits + boundary logits
+            probs = torch.softmax(probs.clamp(min=1e-12).log() + boundary_logits.float(), dim=1)
+        return probs, normalized_entropy(probs)

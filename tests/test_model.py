@@ -1,0 +1,310 @@
+"""Tests for diffunet/: shapes, gradients, MBA, boundary targets, sampling, PURE, parameter count, overfitting."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from diffunet import DiffUNet, boundary_target
+from diffunet.mba import MBA, affinity_fusion
+from diffunet.pure import StepFusion, fuse_steps, normalized_entropy, pure_weights, weighted_mean
+from light_training.loss import diffunet_loss
+
+ORIGINAL_PARAMETERS = 63_042_720  # DiffUNet(1, 2) of the original release
+
+
+def _batch(in_channels=1, num_classes=2, shape=(16, 16, 24), batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    label = torch.randint(0, num_classes, (batch, *shape), generator=g)
+    image = torch.randn(batch, in_channels, *shape, generator=g) + label[:, None].float()
+    return image, label
+
+
+def _sphere(shape=(16, 16, 16), radius=5.0):
+    z, y, x = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    centre = [(s - 1) / 2 for s in shape]
+    return ((z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 < radius ** 2).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- shapes and config
+@pytest.mark.parametrize("in_channels,num_classes", [(1, 2), (4, 4), (1, 4), (4, 2)])
+def test_tiny_shapes(in_channels, num_classes):
+    torch.manual_seed(0)
+    model = DiffUNet(in_channels, num_classes, preset="tiny")
+    image, label = _batch(in_channels, num_classes, shape=(24, 16, 32))
+    out = model(image, label)
+    assert out.logits.shape == (2, num_classes, 24, 16, 32)
+    assert out.boundary_logits.shape == (2, num_classes, 24, 16, 32)
+    assert out.boundary_target.shape == (2, 24, 16, 32) and out.boundary_target.dtype == torch.int64
+    assert out.uncertainty.shape == (2, 24, 16, 32)
+    probs, uncertainty = model.sample(image)
+    assert probs.shape == (2, num_classes, 24, 16, 32) and uncertainty.shape == (2, 24, 16, 32)
+    assert torch.allclose(probs.sum(1), torch.ones(2, 24, 16, 32), atol=1e-5)
+
+
+@pytest.mark.parametrize("in_channels,num_classes", [(1, 2), (4, 4)])
+def test_paper_preset_forward_shapes(in_channels, num_classes):
+    torch.manual_seed(0)
+    model = DiffUNet(in_channels, num_classes)  # paper preset; 32 x 32 x 64 leaves a 1 x 1 x 2 bottleneck
+    image, label = _batch(in_channels, num_classes, shape=(32, 32, 64), batch=1)
+    with torch.no_grad():
+        out = model(image, label)
+    assert out.logits.shape == out.boundary_logits.shape == (1, num_classes, 32, 32, 64)
+    assert out.uncertainty.shape == (1, 32, 32, 64)
+    probs, uncertainty = model.sample(image, steps=2)
+    assert probs.shape == (1, num_classes, 32, 32, 64) and uncertainty.shape == (1, 32, 32, 64)
+
+
+def test_paper_parameter_count():
+    model = DiffUNet(1, 2)
+    n = sum(p.numel() for p in model.parameters())
+    # the release also holds 208,208 parameters it never uses (see diffunet/model.py)
+    assert n == ORIGINAL_PARAMETERS - 205_120 - 2 * 1_544
+    assert abs(n - ORIGINAL_PARAMETERS) / ORIGINAL_PARAMETERS < 0.01
+
+
+def test_config_rebuilds_same_architecture():
+    model = DiffUNet(4, 4, preset="tiny", steps=5, fusion="mean", boundary_width=2)
+    config = json.loads(json.dumps(model.config))
+    rebuilt = DiffUNet(**config)
+    assert rebuilt.config == model.config
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    rebuilt.load_state_dict(model.state_dict())
+
+
+def test_bad_options_raise():
+    with pytest.raises(ValueError, match="fusion"):
+        DiffUNet(1, 2, preset="tiny", fusoin="pure")
+    with pytest.raises(ValueError, match="preset"):
+        DiffUNet(1, 2, preset="huge")
+    with pytest.raises(ValueError, match="segmentation"):
+        DiffUNet(1, 2, preset="tiny", add_boundary_logits=True)
+    with pytest.raises(ValueError, match="fusion"):
+        DiffUNet(1, 2, preset="tiny", fusion="max")
+
+
+def test_patch_size_check():
+    tiny, paper = DiffUNet(1, 2, preset="tiny"), DiffUNet(1, 2)
+    tiny.check_patch_size((16, 24, 32))
+    paper.check_patch_size((128, 128, 128))
+    with pytest.raises(ValueError, match=r"multiples of \(8, 8, 8\)"):
+        tiny.check_patch_size((17, 16, 16))
+    with pytest.raises(ValueError, match="single voxel"):
+        tiny.check_patch_size((8, 8, 8))
+    with pytest.raises(ValueError, match=r"multiples of \(32, 32, 32\)"):
+        paper.check_patch_size((48, 64, 64))
+    with pytest.raises(ValueError, match="patch size"):
+        tiny(torch.zeros(1, 1, 12, 16, 16), torch.zeros(1, 12, 16, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match="patch size"):
+        tiny.sample(torch.zeros(1, 1, 12, 16, 16))
+
+
+def test_bad_inputs_raise():
+    model = DiffUNet(1, 2, preset="tiny")
+    image, label = _batch()
+    with pytest.raises(ValueError, match="image must be"):
+        model(image.repeat(1, 2, 1, 1, 1), label)
+    with pytest.raises(ValueError, match="label must be"):
+        model(image, label[:, :8])
+    with pytest.raises(ValueError, match="class indices"):
+        model(image, label + 1)
+
+
+# ----------------------------------------------------------------------------- gradients and MBA
+def test_gradients_reach_both_branches_and_mba():
+    torch.manual_seed(0)
+    model = DiffUNet(1, 2, preset="tiny")
+    image, label = _batch()
+    out = model(image, label)
+    out.logits.float().pow(2).mean().backward()  # denoiser output only
+    enc_conv = model.boundary.encoder.stages[0][0].convs[0].conv
+    assert enc_conv.weight.grad is not None and enc_conv.weight.grad.abs().sum() > 0  # through MBA
+    assert model.boundary.decoder.head.weight.grad is None  # not on the denoiser's path
+    mba_w = model.denoiser.mba.convs[0].weight.grad
+    c = model.config["features"][0]
+    assert mba_w[:, :c].abs().sum() > 0 and mba_w[:, c:].abs().sum() > 0  # denoiser and boundary halves
+    assert model.denoiser.stages[0].first.conv.weight.grad.abs().sum() > 0
+    assert model.denoiser.stages[0].time_proj[1].weight.grad.abs().sum() > 0
+    assert model.denoiser.time_embedding.freqs.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    out = model(image, label)
+    diffunet_loss(out, label, epoch=5, max_epoch=10)["loss"].backward()
+    assert model.boundary.decoder.head.weight.grad.abs().sum() > 0
+    assert model.label_embedding.table.weight.grad.abs().sum() > 0
+
+
+def _perturb_boundary(model):
+    with torch.no_grad():
+        for p in model.boundary.parameters():
+            p.add_(torch.randn_like(p))
+
+
+@pytest.mark.parametrize("mba", [False, True])
+def test_mba_off_ignores_boundary_features(mba):
+    torch.manual_seed(0)
+    model = DiffUNet(1, 2, preset="tiny", mba=mba)
+    assert (model.denoiser.mba is None) == (not mba)
+    image, label = _batch()
+    torch.manual_seed(1)
+    before = model(image, label).logits.detach()
+    torch.manual_seed(1)
+    sampled_before = model.sample(image)[0]
+    _perturb_boundary(model)
+    torch.manual_seed(1)
+    after = model(image, label).logits.detach()
+    torch.manual_seed(1)
+    sampled_after = model.sample(image)[0]
+    assert torch.equal(before, after) == (not mba)
+    assert torch.equal(sampled_before, sampled_after) == (not mba)
+
+
+def test_mba_split_conv_equals_conv_on_concat():
+    torch.manual_seed(0)
+    mba = MBA([4, 6])
+    b = torch.randn(2, 4, 5, 6, 7)
+    x = torch.randn(6, 4, 5, 6, 7)  # 3 copies of the boundary batch
+    prepared = mba.prepare([b, torch.randn(2, 6, 2, 3, 3)])
+    expected = mba.convs[0](torch.cat([x, b.repeat(3, 1, 1, 1, 1)], dim=1))
+    assert torch.allclose(mba.fuse(0, x, prepared), expected, atol=1e-5)
+
+
+def test_affinity_fusion_matches_distance_softmax():
+    torch.manual_seed(0)
+    x, b = torch.randn(4, 8, 2, 3, 2), torch.randn(2, 8, 2, 3, 2)
+    out = affinity_fusion(x, b)
+    for n in range(4):
+        q, kv = x[n].flatten(1).T, b[n % 2].flatten(1).T  # (L, C)
+        weights = torch.softmax(-torch.cdist(q, kv) ** 2 / math.sqrt(8), dim=1)
+        assert torch.allclose(out[n].flatten(1).T, weights @ kv, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- boundary targets
+def test_boundary_target_cube_by_hand():
+    label = torch.zeros(1, 7, 7, 7, dtype=torch.long)
+    label[0, 1:6, 1:6, 1:6] = 2
+    target = boundary_target(label)
+    expected = torch.zeros_like(label)
+    expected[0, 1:6, 1:6, 1:6] = 2
+    expected[0, 2:5, 2:5, 2:5] = 0  # interior: all 26 neighbours share the label
+    assert torch.equal(target, expected)
+    target2 = boundary_target(label, width=2)
+    assert int(target2[0, 3, 3, 3]) == 0 and int(target2[0, 2, 3, 3]) == 2  # centre is 3 voxels from background
+    assert int((target2 > 0).sum()) == 124
+    border = torch.ones(1, 5, 5, 5, dtype=torch.long)  # fills the patch: no neighbour of another label
+    assert int(boundary_target(border).sum()) == 0
+
+
+def test_boundary_target_matches_scipy_filters():
+    rng = np.random.default_rng(0)
+    label = ndimage.zoom(rng.integers(0, 4, (5, 6, 7)), 3, order=0)  # blocky multi-class map
+    for width in (1, 2):
+        size = 2 * width + 1
+        edge = (ndimage.maximum_filter(label, size, mode="nearest") != label) | \
+               (ndimage.minimum_filter(label, size, mode="nearest") != label)
+        expected = np.where(edge & (label > 0), label, 0)
+        got = boundary_target(torch.from_numpy(label)[None], width)[0].numpy()
+        assert np.array_equal(got, expected)
+
+
+def test_segmentation_target_mode_and_release_fusion():
+    torch.manual_seed(0)
+    model = DiffUNet(1, 3, preset="tiny", boundary_target="segmentation", add_boundary_logits=True, fusion="mean")
+    image, label = _batch(num_classes=3)
+    assert torch.equal(model(image, label).boundary_target, label)
+    probs, uncertainty = model.sample(image)
+    assert torch.allclose(probs.sum(1), torch.ones_like(uncertainty), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- sampling, PURE, uncertainty
+def test_sampling_is_deterministic_under_a_seed():
+    model = DiffUNet(1, 2, preset="tiny", rand_steps=2)
+    image, _ = _batch()
+    torch.manual_seed(3)
+    p1, u1 = model.sample(image)
+    torch.manual_seed(3)
+    p2, u2 = model.sample(image)
+    assert torch.equal(p1, p2) and torch.equal(u1, u2)
+    p3, _ = model.sample(image, generator=torch.Generator().manual_seed(3))
+    p4, _ = model.sample(image, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(p3, model.sample(image, generator=torch.Generator().manual_seed(3))[0])
+    assert not torch.equal(p3, p4)
+
+
+def test_sample_under_autocast_and_channels_last():
+    model = DiffUNet(1, 2, preset="tiny")
+    image = _batch()[0].contiguous(memory_format=torch.channels_last_3d)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        probs, uncertainty = model.sample(image, steps=2, rand_steps=2)
+    assert probs.dtype == uncertainty.dtype == torch.float32
+    assert torch.allclose(probs.sum(1), torch.ones_like(uncertainty), atol=1e-5)
+    assert 0 <= float(uncertainty.min()) and float(uncertainty.max()) <= 1
+
+
+def test_pure_equals_mean_when_weights_are_equal():
+    torch.manual_seed(0)
+    probs = torch.softmax(torch.randn(3, 2, 4, 5, 6, 7), dim=2)  # (T, B, K, ...)
+    assert torch.allclose(weighted_mean(probs, torch.full((3, 2, 5, 6, 7), 2.5)), probs.mean(0), atol=1e-6)
+    uniform = torch.full((2, 1, 3, 2, 2, 2), 1 / 3)  # u = 1 everywhere -> w = exp(0) = 1 for every step
+    assert torch.allclose(pure_weights(uniform), torch.ones(2, 1, 2, 2, 2))
+    logits = torch.randn(3, 2, 4, 5, 6, 7)
+    assert torch.allclose(fuse_steps(logits, "pure"),
+                          weighted_mean(torch.softmax(logits, 2), pure_weights(torch.softmax(logits, 2))), atol=1e-6)
+
+
+@pytest.mark.parametrize("certain_first", [True, False])
+def test_pure_moves_toward_the_certain_step(certain_first):
+    certain = torch.tensor([4.0, -4.0]).view(1, 2, 1, 1, 1)  # confident class 0
+    uncertain = torch.tensor([-0.2, 0.2]).view(1, 2, 1, 1, 1)  # leaning to class 1
+    steps = [certain, uncertain] if certain_first else [uncertain, certain]
+    logits = torch.stack(steps)  # (T=2, B=1, K=2, 1, 1, 1)
+    mean = torch.softmax(logits, 2).mean(0)
+    pure = fuse_steps(logits, "pure")
+    assert pure[0, 0] > mean[0, 0] + 0.02
+    # the weights by hand: w_i = exp(sigmoid((i + 1) / 2) * (1 - u_i))
+    probs = torch.softmax(logits, 2)
+    u = normalized_entropy(probs[:, 0])
+    w = torch.exp(torch.sigmoid(torch.tensor([0.5, 1.0])).view(2, 1, 1, 1) * (1 - u))
+    assert torch.allclose(pure, (w[:, None, None] * probs).sum(0) / w.sum(0), atol=1e-6)
+
+
+def test_other_fusions():
+    logits = torch.randn(3, 1, 2, 2, 2, 2)
+    assert torch.allclose(fuse_steps(logits, "mean"), torch.softmax(logits.mean(0), 1), atol=1e-6)
+    assert torch.allclose(fuse_steps(logits, "last"), torch.softmax(logits[-1], 1), atol=1e-6)
+    with pytest.raises(ValueError, match="fusion"):
+        StepFusion(3, "median")
+
+
+def test_uncertainty_range_and_confident_zero():
+    one_hot = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 3, 3, 3)), 4).permute(0, 4, 1, 2, 3).float()
+    assert torch.equal(normalized_entropy(one_hot), torch.zeros(2, 3, 3, 3))
+    assert torch.allclose(normalized_entropy(torch.full((1, 4, 2, 2, 2), 0.25)), torch.ones(1, 2, 2, 2))
+    torch.manual_seed(0)
+    model = DiffUNet(1, 3, preset="tiny")
+    image, label = _batch(num_classes=3)
+    u_train = model(image, label).uncertainty
+    _, u_sample = model.sample(image)
+    for u in (u_train, u_sample):
+        assert float(u.min()) >= 0 and float(u.max()) <= 1 and float(u.max()) > 0
+    assert DiffUNet(1, 3, preset="tiny", mc_diff=False)(image, label).uncertainty is None
+
+
+# ----------------------------------------------------------------------------- overfitting
+def test_tiny_model_overfits_one_batch():
+    torch.manual_seed(0)
+    label = torch.from_numpy(_sphere())[None]  # (1, 16, 16, 16)
+    image = label[:, None].float() + 0.3 * torch.randn(1, 1, 16, 16, 16)
+    model = DiffUNet(1, 2, preset="tiny")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for step in range(60):
+        loss = diffunet_loss(model(image, label), label, epoch=step, max_epoch=60)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] <= 0.2 * losses[0], losses[::10]
+    probs, _ = model.sample(image)
+    assert float((probs.argmax(1) == label).float().mean()) > 0.95
