@@ -126,7 +126,7 @@ def save_prediction(probabilities: torch.Tensor, uncertainty: torch.Tensor, prop
     write_volume(segmentation, geometry, save_dir / f"{case}.nii.gz")
     if save_probabilities:
         with atomic_path(save_dir / f"{case}.npz") as tmp:
-            np.savez_compressed(tmp, probabilities=probs.astype(np.float16))
+            np.savez_compressed(tmp, probabilities=probs)  # float32, so its argmax is the segmentation
     if save_uncertainty:
         # the uncertainty is a single float map: restore it like a two-class probability whose
         # "background" channel is 1 - u, so voxels outside the crop get uncertainty 0
@@ -188,8 +188,7 @@ def predict_cases(model: torch.nn.Module, checkpoint: dict, settings: InferenceS
     for i, name in enumerate(tqdm(names, desc="cases", unit="case")):
         if input_dir is not None:
             image, geometry = read_image(raw_cases[i].image_files)
-            image, _, properties = preprocess_case(image, geometry, None, plans)
-            properties["case"] = name
+            image, _, properties = preprocess_case(image, geometry, None, plans, case=name)
         else:
             image, _, properties = load_case(data_dir, name)
         if image.shape[0] != in_channels:

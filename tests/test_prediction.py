@@ -1,0 +1,80 @@
+"""Sliding-window prediction: equivalence with a direct call, and exact geometry of what is written."""
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from diffunet import DiffUNet
+from light_training.io import Geometry, read_volume, write_volume
+from light_training.planning import find_raw_cases, plan_dataset
+from light_training.prediction import InferenceSettings, predict_volume, save_prediction
+from light_training.preprocessing import preprocess_case
+from light_training.io import read_image
+
+CPU = torch.device("cpu")
+
+
+def tiny_model(in_channels=1, num_classes=2) -> DiffUNet:
+    torch.manual_seed(0)
+    return DiffUNet(in_channels, num_classes, preset="tiny").eval()
+
+
+def test_one_window_equals_a_direct_call():
+    model = tiny_model()
+    image = torch.randn(1, 16, 24, 16)
+    settings = InferenceSettings(patch_size=(16, 24, 16), mirror_axes=(), precision="fp32",
+                                 channels_last=False, progress=False)
+    torch.manual_seed(1)
+    probs, uncertainty = predict_volume(model, image, settings, CPU)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        direct_probs, direct_unc = model.sample(image[None])
+    assert probs.shape == (2, 16, 24, 16) and uncertainty.shape == (16, 24, 16)
+    torch.testing.assert_close(probs, direct_probs[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(uncertainty, direct_unc[0], atol=1e-5, rtol=1e-5)
+
+
+def test_mirroring_and_larger_volume_give_probabilities():
+    model = tiny_model(4, 4)
+    image = np.random.default_rng(0).normal(size=(4, 17, 26, 19)).astype(np.float32)
+    settings = InferenceSettings(patch_size=(16, 16, 16), mirror_axes=(0, 2), sw_batch_size=2,
+                                 precision="fp32", progress=False)
+    probs, uncertainty = predict_volume(model, image, settings, CPU)
+    assert probs.shape == (4, 17, 26, 19)
+    torch.testing.assert_close(probs.sum(0), torch.ones(17, 26, 19), atol=1e-4, rtol=0)
+    assert 0 <= float(uncertainty.min()) and float(uncertainty.max()) <= 1
+
+
+def test_prediction_has_the_source_geometry(tmp_path):
+    # a CT with non-identity direction, non-zero origin and anisotropic spacing, in the AIIB layout
+    geometry = Geometry(spacing=(0.5, 0.703125, 0.75), origin=(-101.5, 42.25, -310.0),
+                        direction=(0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0), shape=(21, 18, 17))
+    rng = np.random.default_rng(0)
+    image = rng.normal(-800, 50, geometry.shape).astype(np.int16)
+    label = np.zeros(geometry.shape, np.uint8)
+    label[5:15, 6:12, 6:11] = 1
+    image[label == 1] = -1000
+    write_volume(image, geometry, tmp_path / "raw" / "img" / "AIIB23_7.nii.gz")
+    write_volume(label, geometry, tmp_path / "raw" / "gt" / "AIIB23_7.nii.gz")
+    raw_cases = find_raw_cases(tmp_path / "raw", "aiib2023")
+    plans = plan_dataset(raw_cases, "aiib2023", target_spacing=[0.75, 0.75, 0.75])
+    data, _, properties = preprocess_case(*read_image(raw_cases[0].image_files), None, plans, case="AIIB23_7")
+    assert data.shape[1:] != geometry.shape  # really resampled
+    model = tiny_model()
+    settings = InferenceSettings(patch_size=(16, 16, 16), mirror_axes=(1,), progress=False)
+    probs, uncertainty = predict_volume(model, data, settings, CPU)
+    path = save_prediction(probs, uncertainty, properties, plans["labels"], tmp_path / "pred",
+                           save_probabilities=True, save_uncertainty=True)
+    source = sitk.ReadImage(str(tmp_path / "raw" / "img" / "AIIB23_7.nii.gz"))
+    for written in [path, tmp_path / "pred" / "AIIB23_7_uncertainty.nii.gz"]:
+        result = sitk.ReadImage(str(written))
+        assert result.GetSize() == source.GetSize()
+        assert result.GetSpacing() == source.GetSpacing()
+        assert result.GetOrigin() == source.GetOrigin()
+        assert result.GetDirection() == source.GetDirection()
+    segmentation, _ = read_volume(path)
+    assert set(np.unique(segmentation)) <= {0, 1}
+    uncertainty_map, _ = read_volume(tmp_path / "pred" / "AIIB23_7_uncertainty.nii.gz")
+    assert uncertainty_map.dtype == np.float32 and 0 <= uncertainty_map.min() and uncertainty_map.max() <= 1
+    saved = np.load(tmp_path / "pred" / "AIIB23_7.npz")["probabilities"]
+    assert saved.shape == (2, *geometry.shape)
+    np.testing.assert_array_equal(saved.argmax(0), segmentation)
