@@ -35,10 +35,11 @@ class DiffUNetOutput:
 
 
 def _like_layout(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``x`` in channels_last_3d when ``reference`` is (so the concat with the image stays fast)."""
+    """``x`` in ``reference``'s memory format (channels_last_3d or contiguous), so the concat with the
+    image does not mix layouts."""
     if reference.is_contiguous(memory_format=torch.channels_last_3d) and not reference.is_contiguous():
         return x.contiguous(memory_format=torch.channels_last_3d)
-    return x
+    return x.contiguous()
 
 
 class DiffUNet(nn.Module):

@@ -52,7 +52,8 @@ class StepFusion:
         if self.fusion == "pure":
             probs = torch.softmax(logits, dim=1)
             # w_i = exp(sigmoid((i + 1) / T) * (1 - u_i)), see pure_weights
-            w = torch.exp(torch.sigmoid(torch.tensor((i + 1) / self.steps)) * (1 - normalized_entropy(probs)))
+            ramp = 1 / (1 + math.exp(-(i + 1) / self.steps))  # sigmoid((i + 1) / T)
+            w = torch.exp(ramp * (1 - normalized_entropy(probs)))
             num, den = w[:, None] * probs, w[:, None]
         elif self.fusion == "mean":
             num, den = logits, None
