@@ -32,7 +32,7 @@ class InferenceSettings:
     mirror_axes: Sequence[int] = (0, 1, 2)  # spatial axes (z, y, x) to mirror; () for none
     sw_batch_size: int = 1  # windows per network call (each times its mirrored copies)
     precision: str = "auto"
-    channels_last: bool = True
+    channels_last: bool = False  # channels_last_3d: measured slower with bf16 on the CPU (bench_speed.py)
     steps: int | None = None  # DDIM steps; None: the model's own
     progress: bool = True
 

@@ -1,0 +1,216 @@
+"""Diff-UNet speed, measured side by side: fp32 eager baseline vs the project's fast settings.
+
+Every row of the printed table is measured in this run: FLOPs of one sampling and one training step
+(torch.utils.flop_counter), the device's matmul peak in fp32 and bf16, times of the fp32 eager
+baseline and of the fast settings, their ratio and the fraction of the peak reached, the agreement
+of the two predictions, whole-volume prediction of a synthetic CT and loader patches per second.
+
+Examples:
+    python benchmarks/bench_speed.py --quick=True                 # the 64^3 rows only (CPU: < 3 min)
+    python benchmarks/bench_speed.py --json=./logs/bench_speed.json
+    python benchmarks/bench_speed.py --device=cuda:0              # 128^3 windows on a GPU
+"""
+import sys
+import tempfile
+import time
+from pathlib import Path
+from statistics import median
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from diffunet import DiffUNet  # noqa: E402
+from light_training.config import apply_overrides  # noqa: E402
+from light_training.io import write_json  # noqa: E402
+from light_training.loss import diffunet_loss  # noqa: E402
+from light_training.prediction import InferenceSettings, autocast_context, predict_volume  # noqa: E402
+
+device = "auto"  # "auto": cuda:0 when present, else cpu
+preset = "paper"  # the model measured for the window and training rows
+window = None  # window edge; None: 64 on the CPU, 128 on a GPU
+steps = 3  # DDIM steps of one sampling
+train_batch_size = 2  # patches per training step
+fast_precision = "auto"  # autocast of the fast settings: "auto" (bf16 where supported), "bf16", "fp16", "fp32"
+fast_channels_last = False  # channels_last_3d memory format in the fast settings (measured slower on CPU with bf16)
+fast_compile = False  # torch.compile the denoiser in the fast settings (slow first call)
+repeats = 3  # timed repetitions per row (the median is reported)
+quick = False  # only the 64^3 (or 128^3) window and training rows
+volume_shape = [200, 256, 256]  # (z, y, x) of the synthetic CT predicted whole
+volume_preset = None  # model of the whole-volume rows; None: "paper" on a GPU, "tiny" on the CPU (paper: ~1 h)
+volume_patch = None  # sliding-window patch of the whole-volume rows; None: the window
+loader_workers = 2  # worker processes of the loader row
+json = None  # also write every row to this JSON file
+seed = 0
+config = apply_overrides(globals())
+
+dev = torch.device(("cuda:0" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+window = window or (128 if dev.type == "cuda" else 64)
+torch.manual_seed(seed)
+rows: list[tuple[str, str, str]] = []  # (row, value, unit)
+results: dict = {"settings": dict(config, device=str(dev), window=window, torch=torch.__version__,
+                                  threads=torch.get_num_threads())}
+
+
+def sync() -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], n: int = repeats) -> float:
+    """Median seconds of ``n`` calls after one warm-up call."""
+    fn()
+    sync()
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return median(times)
+
+
+def add(key: str, label: str, value: float, unit: str, fmt: str = "{:.3f}") -> None:
+    results[key] = value
+    rows.append((label, fmt.format(value), unit))
+
+
+def matmul_peak(dtype: torch.dtype) -> float:
+    n = 8192 if dev.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+    return 2 * n ** 3 / timed(lambda: a @ b, n=5) / 1e12
+
+
+def flops_of(fn: Callable[[], object]) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 1e9
+
+
+def fast_model(model: torch.nn.Module) -> torch.nn.Module:
+    if fast_channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    if fast_compile:
+        model.denoiser = torch.compile(model.denoiser)
+    return model
+
+
+def fast_input(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last_3d) if fast_channels_last else x
+
+
+# --------------------------------------------------------------------------- peaks
+peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+add("peak_fp32_tflops", "matmul peak fp32", peak32, "TFLOP/s")
+add("peak_bf16_tflops", "matmul peak bf16", peak16, "TFLOP/s")
+
+# --------------------------------------------------------------------------- one window: sampling
+w = window
+model = DiffUNet(1, 2, preset=preset, steps=steps).to(dev).eval()
+image = torch.randn(1, 1, w, w, w, device=dev)
+gflop = flops_of(lambda: model.sample(image))
+add(f"sample_{w}_gflop", f"sampling {w}^3 ({preset}, T={steps}): work", gflop, "GFLOP", "{:.1f}")
+
+
+def sample_fp32() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        return model.sample(image)
+
+
+base_s = timed(sample_fp32)
+reference = sample_fp32()
+model = fast_model(model)
+image_fast = fast_input(image)
+
+
+def sample_fast() -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    with torch.inference_mode(), autocast_context(dev, fast_precision):
+        return model.sample(image_fast)
+
+
+fast_s = timed(sample_fast)
+fast = sample_fast()
+add(f"sample_{w}_fp32_eager_s", f"sampling {w}^3: fp32 eager", base_s, "s")
+add(f"sample_{w}_fast_s", f"sampling {w}^3: fast settings", fast_s, "s")
+add(f"sample_{w}_speedup", f"sampling {w}^3: speed-up", base_s / fast_s, "x", "{:.2f}")
+add(f"sample_{w}_fp32_peak_fraction", f"sampling {w}^3: fp32 eager, share of fp32 peak",
+    gflop / base_s / 1e3 / peak32, "", "{:.1%}")
+add(f"sample_{w}_fast_peak_fraction", f"sampling {w}^3: fast, share of bf16 peak",
+    gflop / fast_s / 1e3 / peak16, "", "{:.1%}")
+add("argmax_agreement", "agreement: same argmax, fast vs fp32", float((fast[0].argmax(1) == reference[0].argmax(1))
+                                                                     .float().mean()), "", "{:.4%}")
+add("max_abs_prob_diff", "agreement: max |p_fast - p_fp32|", float((fast[0] - reference[0]).abs().max()), "")
+
+# --------------------------------------------------------------------------- one training step
+model = DiffUNet(1, 2, preset=preset, steps=steps).to(dev).train()
+optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+images = torch.randn(train_batch_size, 1, w, w, w, device=dev)
+labels = (images[:, 0] > 0.5).long()
+
+
+def train_step(x: torch.Tensor, precision: str) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    with autocast_context(dev, precision):
+        loss = diffunet_loss(model(x, labels), labels, 1, 10)["loss"]
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 12)
+    optimizer.step()
+
+
+train_gflop = flops_of(lambda: train_step(images, "fp32"))
+add(f"train_step_{w}_gflop", f"training step {w}^3 x{train_batch_size} (MC-Diff K=3): work", train_gflop,
+    "GFLOP", "{:.1f}")
+train_base = timed(lambda: train_step(images, "fp32"), n=max(1, repeats - 1))
+model = fast_model(model)
+images_fast = fast_input(images)
+train_fast = timed(lambda: train_step(images_fast, fast_precision), n=max(1, repeats - 1))
+add(f"train_step_{w}_fp32_eager_s", f"training step {w}^3: fp32 eager", train_base, "s")
+add(f"train_step_{w}_fast_s", f"training step {w}^3: fast settings", train_fast, "s")
+add(f"train_step_{w}_speedup", f"training step {w}^3: speed-up", train_base / train_fast, "x", "{:.2f}")
+add(f"train_step_{w}_fast_peak_fraction", f"training step {w}^3: fast, share of bf16 peak",
+    train_gflop / train_fast / 1e3 / peak16, "", "{:.1%}")
+del model, optimizer
+
+if not quick:
+    # ----------------------------------------------------------------------- whole volume
+    from light_training.synthetic import generate_aiib2023
+    from light_training.io import read_volume
+    vpreset = volume_preset or ("paper" if dev.type == "cuda" else "tiny")
+    vpatch = volume_patch or [w, w, w]
+    with tempfile.TemporaryDirectory() as tmp:
+        case = generate_aiib2023(tmp, num_cases=1, seed=seed, shape=tuple(volume_shape))[0]
+        ct, _ = read_volume(Path(tmp) / "AIIB23_Train_T1" / "img" / f"{case}.nii.gz")
+    volume = torch.from_numpy((np.clip(ct, -1000, 500).astype(np.float32) + 250) / 400)[None]  # (1, Z, Y, X)
+    model = fast_model(DiffUNet(1, 2, preset=vpreset, steps=steps).to(dev).eval())
+    for mirror in [(), (0, 1, 2)]:
+        settings = InferenceSettings(patch_size=vpatch, overlap=0.5, mirror_axes=mirror, precision=fast_precision,
+                                     channels_last=fast_channels_last, progress=False)
+        start = time.perf_counter()
+        predict_volume(model, volume, settings, dev)
+        sync()
+        name = "volume_mirror_s" if mirror else "volume_s"
+        add(name, f"whole CT {'x'.join(map(str, volume.shape[1:]))} ({vpreset}, patch {vpatch[0]}, "
+            f"{'8 mirrors' if mirror else 'no mirroring'})", time.perf_counter() - start, "s", "{:.1f}")
+    del model
+
+    # ----------------------------------------------------------------------- loader
+    from light_training.dataloading import loader_throughput
+    with tempfile.TemporaryDirectory() as tmp:
+        per_worker, total = loader_throughput(tmp, patch_size=[w, w, w], batch_size=2, num_workers=loader_workers)
+    add("loader_patches_per_s", f"loader: patches/s ({loader_workers} workers, augmented)", total, "1/s", "{:.1f}")
+    add("loader_patches_per_s_per_worker", "loader: patches/s per worker", per_worker, "1/s", "{:.1f}")
+
+print(f"\nDiff-UNet speed on {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}, "
+      f"{torch.get_num_threads()} threads), fast = {fast_precision} autocast"
+      f"{', channels_last_3d' if fast_channels_last else ''}{', torch.compile' if fast_compile else ''}"
+      ", inference_mode")
+width = max(len(r[0]) for r in rows)
+for label, value, unit in rows:
+    print(f"  {label:<{width}}  {value:>10} {unit}")
+if json:
+    write_json(results, json)
+    print(f"written {json}")
