@@ -1,0 +1,152 @@
+"""The trainer: a 2-epoch run of the script, exact resume after a kill, NaN steps, a falling loss."""
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffunet import DiffUNet
+from light_training.checkpoint import build_model, load_checkpoint
+from light_training.dataloading import ValidationPatches
+from light_training.trainer import Trainer, TrainingStopped, TrainSettings
+
+PATCH = [16, 16, 16]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Five preprocessed cases (1 channel, airway-like tube = class 1) and their plans.json."""
+    root = tmp_path_factory.mktemp("fullres")
+    train = root / "train"
+    train.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        shape = (19 + i, 22, 21 - i)
+        label = np.zeros(shape, np.uint8)
+        label[3:-3, 9:13, 8 + i % 3:12 + i % 3] = 1
+        image = (rng.normal(size=(1, *shape)) * 0.3 + 2.0 * label).astype(np.float32)
+        np.save(train / f"case{i}_image.npy", image)
+        np.save(train / f"case{i}_label.npy", label)
+        locations = {"1": np.argwhere(label == 1).tolist()}
+        (train / f"case{i}.json").write_text(json.dumps({"case": f"case{i}", "class_locations": locations}))
+    plans = {"dataset": "aiib2023", "channel_names": ["CT"], "num_classes": 2, "labels": [0, 1],
+             "label_names": ["background", "airway"]}
+    (root / "plans.json").write_text(json.dumps(plans))
+    return train
+
+
+def fixed_batch(data_dir: Path, batch_size: int = 2) -> dict:
+    patches = ValidationPatches(data_dir, ["case0", "case1"], PATCH, num_patches=batch_size, seed=0)
+    image, label = next(patches.batches(batch_size))
+    return {"image": torch.from_numpy(image), "label": torch.from_numpy(label), "keys": ["case0", "case1"]}
+
+
+def make_trainer(data_dir: Path, logdir: Path, max_epoch: int = 3, init_seed: int = 0) -> Trainer:
+    torch.manual_seed(init_seed)
+    model = DiffUNet(1, 2, preset="tiny")
+    settings = TrainSettings(max_epoch=max_epoch, num_iterations_per_epoch=2, batch_size=2, val_every=1, seed=0,
+                             max_consecutive_nonfinite=3)
+    plans = json.loads((data_dir.parent / "plans.json").read_text())
+    return Trainer(model, settings, logdir, plans, {"patch_size": PATCH, "fold": 0}, torch.device("cpu"))
+
+
+def test_script_runs_two_epochs_and_writes_logs_checkpoints_and_plot(data_dir: Path, tmp_path: Path, repo_root: Path):
+    logdir = tmp_path / "logs"
+    cmd = [sys.executable, "2_train_diffunet_aiib2023.py", f"--data_dir={data_dir}", f"--logdir={logdir}",
+           "--device=cpu", "--model_preset=tiny", f"--patch_size={PATCH}", "--max_epoch=2",
+           "--num_iterations_per_epoch=3", "--num_workers=1", "--val_every=1", "--num_val_patches=2"]
+    result = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CUDA" not in result.stdout  # --device=cpu: no fallback note
+    assert result.stdout.count("| pseudo Dice") == 2 and "epoch 2/2 |" in result.stdout
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 1
+    assert (logdir / "progress.png").stat().st_size > 1000
+    config = json.loads((logdir / "2_train_diffunet_aiib2023_config.json").read_text())
+    assert config["max_epoch"] == 2 and config["patch_size"] == PATCH
+    for name in ("latest", "best", "final"):
+        ckpt = load_checkpoint(logdir / "model" / f"{name}.pt")  # weights_only=True
+        assert ckpt["model_class"] == "DiffUNet" and ckpt["plans"]["dataset"] == "aiib2023"
+        assert ckpt["config"]["patch_size"] == PATCH and ckpt["config"]["fold"] == 0
+    final = load_checkpoint(logdir / "model" / "final.pt")
+    assert final["epoch"] == 2 and {"optimizer", "scheduler", "grad_scaler", "rng"} <= set(final)
+    assert [p[0] for p in final["history"]["train/loss"]] == [0.0, 1.0]
+    model = build_model(final)
+    assert not model.training and model.config == DiffUNet(1, 2, preset="tiny").config
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(logdir)).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/ce", "train/boundary_ce", "train/uncertainty_ce", "train/lambda", "lr",
+            "val/pseudo_dice", "val/dice_airway", "time/epoch_s"} <= tags
+    assert {"val/image", "val/label", "val/prediction", "val/uncertainty"} <= set(events.Tags()["images"])
+    # starting again without resume keeps the earlier run
+    result = subprocess.run(cmd + ["--max_epoch=1", "--val_every=5"], cwd=repo_root, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    previous = list((logdir / "previous_runs").glob("*/model/final.pt"))
+    assert len(previous) == 1 and load_checkpoint(previous[0])["epoch"] == 2
+
+
+def test_killed_run_resumes_exactly(data_dir: Path, tmp_path: Path):
+    batch = fixed_batch(data_dir)
+    validation = ValidationPatches(data_dir, ["case3", "case4"], PATCH, num_patches=2, seed=0)
+
+    uninterrupted = make_trainer(data_dir, tmp_path / "a")
+    uninterrupted.fit(itertools.repeat(batch), validation)
+
+    def killed_in_epoch_two():
+        for step in itertools.count():
+            if step == 3:  # epoch 1 took steps 0-1; the kill comes in the middle of epoch 2
+                raise KeyboardInterrupt
+            yield batch
+    run = make_trainer(data_dir, tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        run.fit(killed_in_epoch_two(), validation)
+    saved = load_checkpoint(tmp_path / "b" / "model" / "latest.pt")
+    assert saved["epoch"] == 1
+
+    resumed = make_trainer(data_dir, tmp_path / "b", init_seed=123)  # another init: everything must come from the file
+    resumed.resume()
+    assert resumed.start_epoch == 1 and resumed.best_dice == saved["best_dice"] > 0
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * (1 - 1 / 3) ** 0.9)
+    momentum = [s["momentum_buffer"] for s in resumed.optimizer.state_dict()["state"].values()]
+    for got, want in zip(momentum, [s["momentum_buffer"] for s in saved["optimizer"]["state"].values()]):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    resumed.fit(itertools.repeat(batch), validation)
+
+    a = load_checkpoint(tmp_path / "a" / "model" / "final.pt")
+    b = load_checkpoint(tmp_path / "b" / "model" / "final.pt")
+    assert a["epoch"] == b["epoch"] == 3 and a["best_dice"] == b["best_dice"]
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0, msg=key)
+    assert [p[0] for p in b["history"]["train/loss"]] == [0.0, 1.0, 2.0]
+    assert b["history"]["train/loss"] == a["history"]["train/loss"]
+
+
+def test_nan_loss_is_skipped_and_a_run_of_them_stops_training(data_dir: Path, tmp_path: Path):
+    trainer = make_trainer(data_dir, tmp_path / "logs", max_epoch=2)
+    good = fixed_batch(data_dir)
+    bad = {**good, "image": torch.full_like(good["image"], float("nan"))}
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert trainer.train_step(bad, 0) is None
+    for key, value in trainer.model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    assert trainer.train_step(good, 0) is not None
+
+    validation = ValidationPatches(data_dir, ["case4"], PATCH, num_patches=1, seed=0)
+    batches = itertools.chain([good, bad], itertools.repeat(bad))  # 2 steps per epoch: the 3rd NaN in a row stops
+    with pytest.warns(RuntimeWarning, match="NaN/Inf"), pytest.raises(TrainingStopped, match="3 steps in a row"):
+        trainer.fit(batches, validation)
+    kept = load_checkpoint(tmp_path / "logs" / "model" / "latest.pt")
+    assert kept["epoch"] == 1 and kept["history"]["steps/skipped"] == [[0.0, 1.0]]
+    assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_loss_falls_on_one_repeated_batch(data_dir: Path, tmp_path: Path):
+    trainer = make_trainer(data_dir, tmp_path / "logs", max_epoch=10)
+    batch = fixed_batch(data_dir)
+    losses = [trainer.train_step(batch, 0)["loss"] for _ in range(20)]
+    assert np.mean(losses[-5:]) < 0.6 * losses[0], losses
