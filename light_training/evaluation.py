@@ -1,0 +1,275 @@
+"""Score a folder of predictions against their ground truths: pair the files, compute a per-case metric
+in worker processes, write the table (CSV) and its summary (JSON), and format it for printing.
+
+A case metric is a picklable function ``metric(prediction (Z, Y, X) uint8, ground_truth (Z, Y, X) uint8,
+spacing (z, y, x) mm) -> {column: value}`` such as :func:`light_training.metrics_aiib.aiib_case_metrics`
+or :func:`light_training.metrics_brats.brats_case_metrics`.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from light_training.io import Geometry, ImageReadError, atomic_path, read_label, write_json
+from light_training.planning import map_cases
+
+__all__ = ["MISSING_PREDICTION_POLICIES", "CasePair", "Evaluation", "case_sort_key", "case_listing", "nifti_cases",
+           "pair_cases", "read_geometry", "check_geometries", "evaluate_pairs", "summarize", "write_csv",
+           "format_table", "evaluate_folder"]
+
+MISSING_PREDICTION_POLICIES = ("skip", "empty", "error")
+IGNORED_SUFFIXES = ("_uncertainty",)  # <case>_uncertainty.nii.gz lie next to the predictions
+CaseMetric = Callable[[np.ndarray, np.ndarray, Sequence[float]], Mapping[str, float]]
+
+
+@dataclass(frozen=True)
+class CasePair:
+    """One case to score; ``prediction`` is None for a case scored as an empty prediction."""
+    case: str
+    prediction: Path | None
+    ground_truth: Path
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_folder` computed and wrote."""
+    rows: list[dict[str, Any]]
+    summary: dict[str, dict[str, float | None]]
+    csv_path: Path
+    summary_path: Path
+    unscored: list[str] = field(default_factory=list)  # ground-truth cases without prediction, left out
+    scored_as_empty: list[str] = field(default_factory=list)  # ground-truth cases without prediction, scored empty
+
+
+def case_sort_key(case: str) -> list[Any]:
+    """Natural order: ``AIIB23_2`` before ``AIIB23_10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", case)]
+
+
+def nifti_cases(folder: str | Path) -> dict[str, Path]:
+    """``{case: path}`` of the ``<case>.nii.gz`` (or ``.nii``) files of a folder, in natural case order.
+
+    Skips ``<case>_uncertainty.nii.gz``, hidden and temporary files and anything that is not NIfTI
+    (probabilities ``.npz``, JSON). A missing folder raises ``ValueError`` naming it.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such folder (expected <case>.nii.gz files)")
+    cases = {}
+    for path in folder.iterdir():
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        for suffix in (".nii.gz", ".nii"):
+            if path.name.endswith(suffix):
+                case = path.name[: -len(suffix)]
+                if not case.endswith(IGNORED_SUFFIXES):
+                    cases[case] = path
+                break
+    return {case: cases[case] for case in sorted(cases, key=case_sort_key)}
+
+
+def case_listing(cases: Sequence[str], limit: int = 10) -> str:
+    """``"a, b, c"``, or the first ``limit`` cases and the count when there are more."""
+    shown = ", ".join(cases[:limit])
+    return shown + (f", ... ({len(cases)} in all)" if len(cases) > limit else "")
+
+
+def pair_cases(predictions: Mapping[str, Path], ground_truths: Mapping[str, Path],
+               missing_predictions: str = "skip") -> tuple[list[CasePair], list[str]]:
+    """Pair predictions with ground truths by case id.
+
+    A prediction without ground truth is an error (it cannot be scored). A ground truth without
+    prediction is, by ``missing_predictions``: ``"skip"`` left out (returned in the second list),
+    ``"empty"`` scored as an empty prediction, ``"error"`` an error. Raises ``ValueError`` listing the cases.
+
+    Returns:
+        ``(pairs in natural case order, ground-truth cases without prediction)``.
+    """
+    if missing_predictions not in MISSING_PREDICTION_POLICIES:
+        raise ValueError(f"missing_predictions={missing_predictions!r}; expected one of {MISSING_PREDICTION_POLICIES}")
+    orphans = [case for case in predictions if case not in ground_truths]
+    if orphans:
+        raise ValueError(f"{len(orphans)} prediction(s) without ground truth: {case_listing(orphans)} "
+                         f"(predictions in {Path(predictions[orphans[0]]).parent})")
+    missing = sorted((case for case in ground_truths if case not in predictions), key=case_sort_key)
+    if missing and missing_predictions == "error":
+        raise ValueError(f"{len(missing)} ground-truth case(s) without prediction: {case_listing(missing)} "
+                         f"(use missing_predictions='skip' or 'empty' to go on)")
+    cases = sorted(set(predictions) | (set(missing) if missing_predictions == "empty" else set()), key=case_sort_key)
+    if not cases:
+        raise ValueError("no case to score: no prediction found")
+    pairs = [CasePair(case, predictions.get(case), Path(ground_truths[case])) for case in cases]
+    return pairs, missing
+
+
+def read_geometry(path: str | Path) -> Geometry:
+    """The geometry of an image file from its header (voxels are not read)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    if not Path(path).is_file():
+        raise ImageReadError(f"{path}: file not found")
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise ImageReadError(f"{path}: unreadable image header ({str(err).strip().splitlines()[-1]})") from None
+    if reader.GetDimension() != 3:
+        raise ImageReadError(f"{path}: expected a 3-D image, got {reader.GetDimension()}-D")
+    return Geometry(spacing=tuple(float(s) for s in reader.GetSpacing()[::-1]),
+                    origin=tuple(float(o) for o in reader.GetOrigin()),
+                    direction=tuple(float(d) for d in reader.GetDirection()),
+                    shape=tuple(int(s) for s in reader.GetSize()[::-1]))
+
+
+def _mismatch_message(pair: CasePair, prediction: Geometry, ground_truth: Geometry) -> str | None:
+    why = ground_truth.mismatch(prediction)
+    if why is None:
+        return None
+    return f"{pair.prediction}: the prediction does not lie on its ground truth {pair.ground_truth}'s grid ({why})"
+
+
+def check_geometries(pairs: Sequence[CasePair]) -> None:
+    """Raise ``ImageReadError`` listing every prediction whose shape, spacing, origin or direction differs
+    from its ground truth's (read from the headers, before any scoring)."""
+    problems = []
+    for pair in pairs:
+        if pair.prediction is None:
+            continue
+        try:
+            message = _mismatch_message(pair, read_geometry(pair.prediction), read_geometry(pair.ground_truth))
+        except ImageReadError as err:
+            message = str(err)
+        if message:
+            problems.append(message)
+    if problems:
+        raise ImageReadError(f"{len(problems)} case(s) cannot be scored:\n  " + "\n  ".join(problems))
+
+
+def _score_pair(pair: CasePair, case_metric: CaseMetric, columns: Sequence[str]) -> dict[str, Any]:
+    """Read one pair and score it (runs in a worker process)."""
+    ground_truth, geometry = read_label(pair.ground_truth)
+    if pair.prediction is None:
+        prediction = np.zeros_like(ground_truth)
+    else:
+        prediction, pred_geometry = read_label(pair.prediction)
+        if (message := _mismatch_message(pair, pred_geometry, geometry)) is not None:
+            raise ImageReadError(message)
+    try:
+        values = case_metric(prediction, ground_truth, geometry.spacing)
+    except ValueError as err:
+        raise ValueError(f"{pair.ground_truth}: {err}") from None
+    return {"case": pair.case, **{column: values[column] for column in columns}}
+
+
+def evaluate_pairs(pairs: Sequence[CasePair], case_metric: CaseMetric, columns: Sequence[str],
+                   num_processes: int = 1, desc: str = "scoring") -> list[dict[str, Any]]:
+    """Score every pair (``num_processes`` forked workers; 0 or 1: in this process), with a progress bar.
+
+    Returns one row ``{"case": ..., column: value, ...}`` per pair, in the order of ``pairs``. Unreadable
+    files or bad cases are all collected and raised together as one ``ValueError``.
+    """
+    results, failures = map_cases(partial(_score_pair, case_metric=case_metric, columns=tuple(columns)),
+                                  pairs, num_processes, desc, skip_bad_cases=True)
+    if failures:
+        raise ValueError(f"{len(failures)} case(s) failed:\n  " + "\n  ".join(failures[c] for c in sorted(failures)))
+    return [results[pair.case] for pair in pairs]
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, dict[str, float | None]]:
+    """``{column: {"mean", "std", "median"}}`` over the rows; NaN values are skipped (std with ddof=0).
+
+    A column without any number gets ``None`` for each statistic (JSON ``null``).
+    """
+    summary = {}
+    for column in columns:
+        values = np.array([float(row[column]) for row in rows], dtype=np.float64)
+        values = values[~np.isnan(values)]
+        if values.size == 0:
+            summary[column] = {"mean": None, "std": None, "median": None}
+        else:
+            summary[column] = {"mean": float(values.mean()), "std": float(values.std()),
+                               "median": float(np.median(values))}
+    return summary
+
+
+def _csv_value(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))  # shortest text that reads back exactly; "nan" for NaN
+    return str(value)
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], path: str | Path) -> None:
+    """Write ``case`` plus ``columns``, one row per case, atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["case", *columns])
+            for row in rows:
+                writer.writerow([row["case"], *(_csv_value(row[column]) for column in columns)])
+
+
+def _cell(value: Any, decimals: int) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    value = float(value)
+    return "nan" if math.isnan(value) else f"{value:.{decimals}f}"
+
+
+def _decimals(rows: Sequence[Mapping[str, Any]], column: str) -> int:
+    """4 decimals for ratios, 2 for columns with values of 10 or more (distances) or of whole counts."""
+    values = [row[column] for row in rows]
+    if all(isinstance(v, (int, np.integer)) for v in values):
+        return 2
+    finite = [abs(float(v)) for v in values if not math.isnan(float(v))]
+    return 2 if finite and max(finite) >= 10 else 4
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
+                 summary: Mapping[str, Mapping[str, float | None]], headers: Sequence[str] | None = None) -> str:
+    """A plain-text table: one line per case, then the mean, std and median lines.
+
+    ``headers`` replaces the column names in the header line (same length as ``columns``).
+    """
+    headers = list(columns if headers is None else headers)
+    decimals = {column: _decimals(rows, column) for column in columns}
+    lines = [["case", *headers]]
+    lines += [[str(row["case"]), *(_cell(row[c], decimals[c]) for c in columns)] for row in rows]
+    for statistic in ("mean", "std", "median"):
+        lines.append([statistic, *(_cell(summary[c][statistic], decimals[c]) for c in columns)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+            for line in lines]
+    text.insert(1, "-" * len(text[0]))
+    text.insert(len(rows) + 2, "-" * len(text[0]))
+    return "\n".join(text)
+
+
+def evaluate_folder(predictions: Mapping[str, Path], ground_truths: Mapping[str, Path], case_metric: CaseMetric,
+                    columns: Sequence[str], output_dir: str | Path, name: str, missing_predictions: str = "skip",
+                    num_processes: int = 1) -> Evaluation:
+    """Pair, check geometries, score every case and write ``<output_dir>/<name>.csv`` and
+    ``<output_dir>/<name>_summary.json``. Raises ``ValueError`` (``ImageReadError``) naming files or cases."""
+    pairs, missing = pair_cases(predictions, ground_truths, missing_predictions)
+    check_geometries(pairs)
+    rows = evaluate_pairs(pairs, case_metric, columns, num_processes, desc=f"scoring {name}")
+    summary = summarize(rows, columns)
+    output_dir = Path(output_dir)
+    csv_path, summary_path = output_dir / f"{name}.csv", output_dir / f"{name}_summary.json"
+    write_csv(rows, columns, csv_path)
+    write_json(summary, summary_path)
+    scored_as_empty = missing if missing_predictions == "empty" else []
+    unscored = missing if missing_predictions == "skip" else []
+    return Evaluation(rows, summary, csv_path, summary_path, unscored, scored_as_empty)

@@ -1,0 +1,184 @@
+"""BraTS2023 metrics: Dice, HD95 and the BraTS 2023 lesion-wise Dice and HD95 per tumour region.
+
+Regions of a label map (0 background, 1 NCR, 2 ED, 3 ET; any other value is background):
+WT = {1, 2, 3}, TC = {1, 3}, ET = {3}. All distances and volumes are in mm from the voxel spacing.
+
+- Dice: 1 when both masks are empty.
+- HD95: surface elements and their areas as the official scorer computes them (DeepMind's
+  ``surface-distance``, which the BraTS 2023 scorer calls; here MONAI's port of it, ``get_mask_edges``
+  with ``spacing``); in each direction the area-weighted 95th percentile of the distances from one
+  surface to the other (``get_surface_distance``), and the larger of the two. 0 when both masks are
+  empty, 374 when exactly one is.
+- Lesion-wise (BraTS 2023, glioma settings: 3 dilations, lesions above 50 mm^3): ground-truth voxels in
+  one 26-connected component of the ground truth dilated 3 times (18-neighbourhood) form one lesion.
+  A lesion is matched to every 26-connected predicted component touching the lesion dilated 3 more
+  times and scored (Dice, HD95) against their union; an unmatched lesion scores Dice 0, HD95 374.
+  Predicted components matched to no lesion are false positives. Lesions of at most 50 mm^3 are left
+  out of the score and of the counts (the components they match are not false positives).
+  Lesion-wise Dice = sum of lesion Dice / (kept lesions + FP); lesion-wise HD95 = (sum of lesion HD95
+  + 374 FP) / (kept lesions + FP); 1 and 0 when that denominator is 0. Num_TP: kept lesions matched,
+  Num_FN: kept lesions unmatched, Num_FP: false positives.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from monai.metrics.utils import get_mask_edges, get_surface_distance
+from scipy import ndimage
+
+__all__ = ["REGIONS", "BRATS_COLUMNS", "MAX_HD95", "brats_case_metrics", "region_mask", "dice", "hd95",
+           "surface_distances", "weighted_percentile", "lesion_wise_scores"]
+
+REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+LESION_COLUMNS = ("LesionWise_Dice", "LesionWise_HD95", "Num_TP", "Num_FP", "Num_FN")
+BRATS_COLUMNS = tuple(f"{region}_{name}" for region in REGIONS for name in ("Dice", "HD95") + LESION_COLUMNS)
+MAX_HD95 = 374.0  # mm, the scorer's HD95 when one side is empty (the diagonal of the 240x240x155 mm volume)
+DILATION_ITERATIONS = 3  # BraTS-GLI: dilations that merge nearby lesions, and again to find their matches
+MIN_LESION_VOLUME = 50.0  # mm^3; lesions of at most this volume are left out of the lesion-wise scores
+PERCENT = 95.0
+
+_EIGHTEEN = ndimage.generate_binary_structure(3, 2)  # the dilation's structuring element
+_TWENTY_SIX = ndimage.generate_binary_structure(3, 3)  # connectivity of lesions and predicted components
+
+
+def region_mask(label: np.ndarray, region: str) -> np.ndarray:
+    """Bool ``(Z, Y, X)`` mask of ``region`` ("WT", "TC" or "ET") in a ``(Z, Y, X)`` label map."""
+    if region not in REGIONS:
+        raise ValueError(f"unknown region {region!r}; expected one of {list(REGIONS)}")
+    return np.isin(label, REGIONS[region])
+
+
+def dice(prediction: np.ndarray, ground_truth: np.ndarray) -> float:
+    """Dice of two bool ``(Z, Y, X)`` masks; 1 when both are empty."""
+    total = np.count_nonzero(prediction) + np.count_nonzero(ground_truth)
+    return float(2.0 * np.count_nonzero(prediction & ground_truth) / total) if total else 1.0
+
+
+def weighted_percentile(distances: np.ndarray, weights: np.ndarray, percent: float) -> float:
+    """The smallest distance whose cumulative weight (distances sorted) reaches ``percent`` % of the total.
+
+    ``distances`` and ``weights`` are 1-D of the same length (non-empty, weights summing to > 0).
+    """
+    order = np.argsort(distances, kind="stable")
+    cumulative = np.cumsum(weights[order], dtype=np.float64)
+    index = np.searchsorted(cumulative / cumulative[-1], percent / 100.0)
+    return float(distances[order][min(index, len(order) - 1)])
+
+
+def surface_distances(prediction: np.ndarray, ground_truth: np.ndarray, spacing: Sequence[float]
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Distances (mm) between the surfaces of two non-empty bool ``(Z, Y, X)`` masks, with surfel areas.
+
+    Returns ``(pred_to_gt, pred_areas, gt_to_pred, gt_areas)``: for each surface element of the
+    prediction its distance to the ground-truth surface and its area (mm^2), and the same the other way.
+    """
+    spacing = tuple(float(s) for s in spacing)
+    edges_pred, edges_gt, areas_pred, areas_gt = get_mask_edges(prediction, ground_truth, spacing=spacing)
+    edges_pred, edges_gt = np.asarray(edges_pred, dtype=bool), np.asarray(edges_gt, dtype=bool)
+    pred_to_gt = np.asarray(get_surface_distance(edges_pred, edges_gt, spacing=spacing), dtype=np.float64)
+    gt_to_pred = np.asarray(get_surface_distance(edges_gt, edges_pred, spacing=spacing), dtype=np.float64)
+    return pred_to_gt, np.asarray(areas_pred)[edges_pred], gt_to_pred, np.asarray(areas_gt)[edges_gt]
+
+
+def hd95(prediction: np.ndarray, ground_truth: np.ndarray, spacing: Sequence[float]) -> float:
+    """Area-weighted 95th-percentile Hausdorff distance (mm) of two bool ``(Z, Y, X)`` masks.
+
+    0 when both are empty, 374 when exactly one is.
+    """
+    has_pred, has_gt = bool(prediction.any()), bool(ground_truth.any())
+    if not (has_pred or has_gt):
+        return 0.0
+    if has_pred != has_gt:
+        return MAX_HD95
+    pred_to_gt, pred_areas, gt_to_pred, gt_areas = surface_distances(prediction, ground_truth, spacing)
+    return max(weighted_percentile(pred_to_gt, pred_areas, PERCENT),
+               weighted_percentile(gt_to_pred, gt_areas, PERCENT))
+
+
+def _grow(box: tuple[slice, ...], margin: int, shape: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, shape))
+
+
+def _union(boxes: Sequence[tuple[slice, ...]]) -> tuple[slice, ...]:
+    return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
+
+
+def lesion_wise_scores(prediction: np.ndarray, ground_truth: np.ndarray, spacing: Sequence[float]
+                       ) -> dict[str, float]:
+    """BraTS 2023 lesion-wise Dice and HD95 of one region (rules in the module docstring).
+
+    Args:
+        prediction, ground_truth: bool ``(Z, Y, X)`` masks of one region.
+        spacing: voxel spacing (z, y, x) in mm.
+
+    Returns:
+        ``{"LesionWise_Dice", "LesionWise_HD95", "Num_TP", "Num_FP", "Num_FN"}`` (counts as ints).
+    """
+    voxel_volume = float(np.prod(spacing))
+    pred_components, num_pred = ndimage.label(prediction, structure=_TWENTY_SIX)
+    merged, num_lesions = ndimage.label(
+        ndimage.binary_dilation(ground_truth, _EIGHTEEN, iterations=DILATION_ITERATIONS), structure=_TWENTY_SIX)
+    lesions = merged * ground_truth  # each ground-truth voxel numbered by its dilated component
+    lesion_boxes, pred_boxes = ndimage.find_objects(lesions, num_lesions), ndimage.find_objects(pred_components)
+    matched: set[int] = set()
+    lesion_dice, lesion_hd95, num_tp, num_fn = [], [], 0, 0
+    for index, box in enumerate(lesion_boxes, start=1):
+        if box is None:
+            continue
+        around = _grow(box, DILATION_ITERATIONS, ground_truth.shape)
+        lesion = lesions[around] == index
+        reach = ndimage.binary_dilation(lesion, _EIGHTEEN, iterations=DILATION_ITERATIONS)
+        hits = np.unique(pred_components[around][reach])
+        hits = [int(h) for h in hits if h]
+        matched.update(hits)
+        if np.count_nonzero(lesion) * voxel_volume <= MIN_LESION_VOLUME:
+            continue  # too small to score or count
+        if not hits:
+            num_fn += 1
+            lesion_dice.append(0.0)
+            lesion_hd95.append(MAX_HD95)
+            continue
+        num_tp += 1
+        window = _union([box] + [pred_boxes[h - 1] for h in hits])
+        gt_part = lesions[window] == index
+        pred_part = np.isin(pred_components[window], hits)
+        lesion_dice.append(dice(pred_part, gt_part))
+        lesion_hd95.append(hd95(pred_part, gt_part, spacing))
+    num_fp = num_pred - len(matched)
+    denominator = len(lesion_dice) + num_fp
+    return {
+        "LesionWise_Dice": float(sum(lesion_dice) / denominator) if denominator else 1.0,
+        "LesionWise_HD95": float((sum(lesion_hd95) + MAX_HD95 * num_fp) / denominator) if denominator else 0.0,
+        "Num_TP": num_tp, "Num_FP": num_fp, "Num_FN": num_fn,
+    }
+
+
+def brats_case_metrics(prediction: np.ndarray, ground_truth: np.ndarray, spacing: Sequence[float]
+                       ) -> dict[str, float]:
+    """Every BraTS2023 metric of one case.
+
+    Args:
+        prediction, ground_truth: ``(Z, Y, X)`` label maps (0 background, 1 NCR, 2 ED, 3 ET), same shape.
+        spacing: voxel spacing (z, y, x) in mm.
+
+    Returns:
+        ``{column: value}`` for every column of :data:`BRATS_COLUMNS` (``WT_Dice``, ..., ``ET_Num_FN``).
+    """
+    prediction, ground_truth = np.asarray(prediction), np.asarray(ground_truth)
+    if prediction.shape != ground_truth.shape:
+        raise ValueError(f"prediction shape {prediction.shape} != ground truth shape {ground_truth.shape}")
+    if len(spacing) != 3 or not all(s > 0 for s in spacing):
+        raise ValueError(f"spacing must be 3 positive numbers (z, y, x) in mm, got {tuple(spacing)}")
+    foreground = np.isin(prediction, REGIONS["WT"]) | np.isin(ground_truth, REGIONS["WT"])
+    if foreground.any():  # work in the bounding box plus the dilation reach: same results, much faster
+        box = _grow(ndimage.find_objects(foreground.astype(np.uint8))[0], DILATION_ITERATIONS, foreground.shape)
+        prediction, ground_truth = prediction[box], ground_truth[box]
+    row: dict[str, float] = {}
+    for region in REGIONS:
+        pred, gt = region_mask(prediction, region), region_mask(ground_truth, region)
+        row[f"{region}_Dice"] = dice(pred, gt)
+        row[f"{region}_HD95"] = hd95(pred, gt, spacing)
+        for name, value in lesion_wise_scores(pred, gt, spacing).items():
+            row[f"{region}_{name}"] = value
+    return row

@@ -1,0 +1,153 @@
+"""AIIB2023 metrics on hand-built airways whose values are worked out in the comments."""
+import math
+
+import numpy as np
+import pytest
+
+from light_training.metrics_aiib import AIIB_COLUMNS, aiib_case_metrics, airway_skeleton, parse_branches
+
+
+def tube() -> np.ndarray:
+    """A straight tube along x: 3x3 voxels across (z, y in 3..5), x in 2..27 (26 long) = 234 voxels."""
+    volume = np.zeros((9, 10, 31), dtype=np.uint8)
+    volume[3:6, 3:6, 2:28] = 1
+    return volume
+
+
+def tree() -> np.ndarray:
+    """A one-voxel-thick tree: a trunk along z and two branches along y.
+
+    trunk: (z, 10, 9) for z = 2..12 (11 voxels, (12, 10, 9) is the junction);
+    left:  (12, y, 9) for y = 11..17 (7 voxels);  right: (12, y, 9) for y = 3..9 (7 voxels). 25 voxels.
+    """
+    volume = np.zeros((15, 21, 19), dtype=np.uint8)
+    volume[2:13, 10, 9] = 1
+    volume[12, 11:18, 9] = 1
+    volume[12, 3:10, 9] = 1
+    return volume
+
+
+def line(start: int, stop: int) -> np.ndarray:
+    """A one-voxel line along x at (z, y) = (4, 4), x in start..stop-1."""
+    volume = np.zeros((16, 16, 16), dtype=np.uint8)
+    volume[4, 4, start:stop] = 1
+    return volume
+
+
+def test_tube_skeleton_is_its_centre_line():
+    # Lee thinning peels the 3x3 tube down to its centre line (z, y) = (4, 4), one voxel shorter at each
+    # end: x = 3..26, 24 voxels. The values of the next test are worked out from this skeleton.
+    expected = np.zeros_like(tube(), dtype=bool)
+    expected[4, 4, 3:27] = True
+    np.testing.assert_array_equal(airway_skeleton(tube()), expected)
+
+
+def test_straight_tube_with_a_cut():
+    gt = tube()
+    pred = gt.copy()
+    pred[:, :, 12:15] = 0  # cut: pieces x = 2..11 (10 long, 90 voxels) and x = 15..27 (13 long, 117 voxels)
+    # L = the larger piece, 117 voxels, all inside the tube.
+    # IoU = 117 / 234 = 0.5; precision = 117 / 117 = 1; leakages = 0 / 234 = 0.
+    # S = centre line x = 3..26 (24 voxels); L holds x = 15..26 of it: DLR = 12 / 24 = 0.5.
+    # One branch (the whole skeleton, no voxel has more than 3 skeleton voxels around it); 50 % of it
+    # lies in L < 80 %: not detected, DBR = 0 / 1 = 0.
+    assert parse_branches(gt)[1] == 1
+    metrics = aiib_case_metrics(pred, gt)
+    assert metrics == pytest.approx({"IoU": 0.5, "DLR": 0.5, "DBR": 0.0, "precision": 1.0, "leakages": 0.0})
+
+
+def test_prediction_with_leakage():
+    gt = tube()
+    pred = gt.copy()
+    pred[3:6, 6:9, 10:13] = 1  # a 3x3x3 block (27 voxels) outside the tube, touching its side: part of L
+    # L = 234 + 27 = 261 voxels. IoU = 234 / 261; precision = 234 / 261; leakages = 27 / 234.
+    # L covers the whole skeleton: DLR = 1, the one branch is detected: DBR = 1.
+    metrics = aiib_case_metrics(pred, gt)
+    assert metrics == pytest.approx({"IoU": 234 / 261, "DLR": 1.0, "DBR": 1.0, "precision": 234 / 261,
+                                     "leakages": 27 / 234})
+
+
+def test_tree_skeleton_and_branches():
+    # Thinning keeps every voxel of a one-voxel-thick tree but the junction (12,10,9): (11,10,9) touches
+    # both arm voxels (12,11,9) and (12,9,9) diagonally, so the junction is a simple point. S = 24 voxels.
+    skeleton = airway_skeleton(tree())
+    assert np.count_nonzero(skeleton) == 24 and not skeleton[12, 10, 9]
+    # 3x3x3 counts: (11,10,9) has itself, (10,10,9) and both arm voxels = 4 > 3: deleted; every other
+    # voxel has at most 3. Three pieces of >= 5 voxels remain: trunk z = 2..10 (9), left y = 11..17 (7),
+    # right y = 3..9 (7): 3 branches.
+    branch_map, num_branches = parse_branches(tree())
+    assert num_branches == 3
+    trunk, left, right = branch_map[5, 10, 9], branch_map[12, 15, 9], branch_map[12, 5, 9]
+    assert sorted([trunk, left, right]) == [1, 2, 3]
+    assert (branch_map[2:11, 10, 9] == trunk).all() and (branch_map[12, 11:18, 9] == left).all()
+    assert (branch_map[12, 3:10, 9] == right).all()
+    # The deleted voxel takes the branch of its nearest remaining skeleton voxel ((10,10,9), at 1 voxel);
+    # the junction is at 1 voxel from both arms (either will do: it is not in S).
+    assert branch_map[11, 10, 9] == trunk and branch_map[12, 10, 9] in (left, right)
+    assert np.count_nonzero(branch_map) == 25  # every tree voxel belongs to a branch, nothing else does
+
+
+def test_y_tree_with_one_branch_missing():
+    gt = tree()
+    pred = gt.copy()
+    pred[12, 3:10, 9] = 0  # the right branch is missing: L = trunk + left = 11 + 7 = 18 voxels
+    # IoU = 18 / 25; precision = 1; leakages = 0. S (24 voxels, the tree less its junction) in L:
+    # trunk z = 2..11 (10) + left (7) = 17: DLR = 17 / 24.
+    # Branches' parts of S: trunk 10 voxels, all in L: detected; left 7, all in L: detected;
+    # right 7, none in L: not detected. DBR = 2 / 3.
+    metrics = aiib_case_metrics(pred, gt)
+    assert metrics == pytest.approx({"IoU": 18 / 25, "DLR": 17 / 24, "DBR": 2 / 3, "precision": 1.0,
+                                     "leakages": 0.0})
+
+
+@pytest.mark.parametrize("covered, detected", [(8, 1.0), (7, 0.0)])
+def test_branch_detected_from_80_percent(covered, detected):
+    # A 10-voxel line is one branch (its own skeleton, counts 2 or 3). Covering 8 voxels = 80 %: detected;
+    # 7 = 70 %: not. IoU = DLR = covered / 10.
+    metrics = aiib_case_metrics(line(2, 2 + covered), line(2, 12))
+    assert metrics["DBR"] == detected
+    assert metrics["IoU"] == pytest.approx(covered / 10) and metrics["DLR"] == pytest.approx(covered / 10)
+
+
+def test_second_largest_component_when_the_largest_misses():
+    gt = line(2, 12)  # 10 voxels
+    pred = line(2, 10)  # 8 voxels on the airway ...
+    pred[10:13, 10:13, 10:13] = 1  # ... and a 27-voxel blob far away: the largest component, IoU 0 < 0.1
+    # L = the second largest (the 8 voxels on the line): IoU = 8 / 10, DLR = 8 / 10, precision = 1,
+    # leakages = 0 (the blob is not part of L), DBR = 1 (80 % of the one branch).
+    metrics = aiib_case_metrics(pred, gt)
+    assert metrics == pytest.approx({"IoU": 0.8, "DLR": 0.8, "DBR": 1.0, "precision": 1.0, "leakages": 0.0})
+
+
+def test_no_component_finds_the_airway():
+    gt = line(2, 12)
+    pred = np.zeros_like(gt)
+    pred[10:13, 10:13, 10:13] = 1  # 27 voxels, IoU 0
+    pred[12, 2, 2] = 1  # 1 voxel, IoU 0
+    # Neither reaches IoU 0.1: IoU, DLR, DBR, precision = 0; leakages from the largest: 27 / 10.
+    metrics = aiib_case_metrics(pred, gt)
+    assert metrics == pytest.approx({"IoU": 0.0, "DLR": 0.0, "DBR": 0.0, "precision": 0.0, "leakages": 2.7})
+
+
+def test_empty_prediction_scores_zero():
+    assert aiib_case_metrics(np.zeros_like(tube()), tube()) == dict.fromkeys(AIIB_COLUMNS, 0.0)
+
+
+def test_label_values_are_binarised_and_padding_changes_nothing():
+    gt, pred = tree(), tree()
+    pred[12, 3:10, 9] = 0
+    padded_gt, padded_pred = np.pad(gt * 2, 7), np.pad(pred * 5, 7)  # any nonzero value is airway
+    assert aiib_case_metrics(padded_pred, padded_gt) == aiib_case_metrics(pred, gt)
+
+
+def test_ground_truth_without_branches_gives_nan_dbr():
+    # A 3-voxel line: its skeleton has no piece of 5 voxels, so there is no branch to detect.
+    metrics = aiib_case_metrics(line(2, 5), line(2, 5))
+    assert math.isnan(metrics["DBR"]) and metrics["IoU"] == 1.0
+
+
+def test_bad_input_is_an_error():
+    with pytest.raises(ValueError, match="ground truth is empty"):
+        aiib_case_metrics(tube(), np.zeros_like(tube()))
+    with pytest.raises(ValueError, match="shape"):
+        aiib_case_metrics(tube()[:, :, :-1], tube())

@@ -1,0 +1,147 @@
+"""BraTS2023 metrics on hand-built label maps whose values are worked out in the comments."""
+import numpy as np
+import pytest
+
+from light_training.metrics_brats import (BRATS_COLUMNS, brats_case_metrics, dice, hd95, lesion_wise_scores,
+                                          region_mask, weighted_percentile)
+
+ISO = (1.0, 1.0, 1.0)
+
+
+def empty() -> np.ndarray:
+    return np.zeros((17, 40, 21), dtype=np.uint8)
+
+
+def cube(volume: np.ndarray, corner, size, value=1) -> np.ndarray:
+    z, y, x = corner
+    volume[z:z + size, y:y + size, x:x + size] = value
+    return volume
+
+
+def test_regions_and_dice():
+    label = np.arange(6, dtype=np.uint8).reshape(1, 1, 6)  # values 0..5; 4 and 5 are background
+    assert region_mask(label, "WT").ravel().tolist() == [0, 1, 1, 1, 0, 0]
+    assert region_mask(label, "TC").ravel().tolist() == [0, 1, 0, 1, 0, 0]
+    assert region_mask(label, "ET").ravel().tolist() == [0, 0, 0, 1, 0, 0]
+    with pytest.raises(ValueError, match="WT"):
+        region_mask(label, "NCR")
+    a, b = np.zeros(10, bool), np.zeros(10, bool)
+    a[:4], b[2:8] = True, True
+    assert dice(a, b) == pytest.approx(2 * 2 / (4 + 6))  # overlap 2 voxels
+    assert dice(np.zeros(5, bool), np.zeros(5, bool)) == 1.0
+
+
+def test_weighted_percentile_uses_the_areas():
+    # Sorted distances 0, 1, 2 with areas 90, 4, 6: cumulative 0.90, 0.94, 1.00 -> 95 % is reached at 2.
+    assert weighted_percentile(np.array([2.0, 0.0, 1.0]), np.array([6.0, 90.0, 4.0]), 95) == 2.0
+    # Areas 90, 6, 4: cumulative 0.90, 0.96 -> reached at 1 (unweighted, 2 of 3 points would give ~1.9).
+    assert weighted_percentile(np.array([0.0, 1.0, 2.0]), np.array([90.0, 6.0, 4.0]), 95) == 1.0
+
+
+@pytest.mark.parametrize("spacing, expected", [((1.0, 1.0, 1.0), 2.0), ((1.0, 1.0, 1.5), 3.0),
+                                               ((2.0, 0.5, 1.5), 3.0), ((1.0, 1.0, 0.5), 1.0)])
+def test_hd95_of_two_shifted_cubes(spacing, expected):
+    # Two 10-voxel cubes, the prediction shifted by 2 voxels along x. The farthest surface points are 2
+    # voxels apart along x (the prediction's face beyond the ground truth's, and the ground truth's face
+    # beyond the prediction's: 2 * spacing_x mm), nothing is farther, and each of those faces is about 1/6
+    # of its surface (> 5 %): the 95th percentile in both directions is 2 * spacing_x.
+    gt = cube(np.zeros((30, 31, 32), bool), (5, 5, 5), 10)
+    pred = cube(np.zeros((30, 31, 32), bool), (5, 5, 7), 10)
+    assert hd95(pred, gt, spacing) == pytest.approx(expected)
+    assert hd95(gt, gt, spacing) == 0.0
+
+
+def test_hd95_with_an_empty_side():
+    some = cube(np.zeros((9, 9, 9), bool), (2, 2, 2), 3)
+    nothing = np.zeros((9, 9, 9), bool)
+    assert hd95(some, nothing, ISO) == 374.0 and hd95(nothing, some, ISO) == 374.0
+    assert hd95(nothing, nothing, ISO) == 0.0
+
+
+def test_two_lesions_one_missed_and_empty_et():
+    gt = cube(cube(empty(), (3, 3, 3), 5), (3, 25, 3), 4)  # NCR lesions A (125 voxels) and B (64), 17 apart
+    pred = cube(empty(), (3, 3, 3), 5)  # finds A only
+    row = brats_case_metrics(pred, gt, ISO)
+    assert list(row) == list(BRATS_COLUMNS)
+    for region in ("WT", "TC"):  # label 1 is in both
+        # Dice = 2 * 125 / (125 + 189). Lesion A: matched, Dice 1, HD95 0; lesion B: missed, Dice 0, HD95
+        # 374. Lesion-wise Dice = (1 + 0) / 2, HD95 = (0 + 374) / 2; TP 1, FN 1, FP 0.
+        assert row[f"{region}_Dice"] == pytest.approx(250 / 314)
+        assert row[f"{region}_LesionWise_Dice"] == pytest.approx(0.5)
+        assert row[f"{region}_LesionWise_HD95"] == pytest.approx(187.0)
+        assert (row[f"{region}_Num_TP"], row[f"{region}_Num_FP"], row[f"{region}_Num_FN"]) == (1, 0, 1)
+        assert row[f"{region}_HD95"] > 15  # B's surface, 17+ mm from A's, is ~40 % of the ground truth's
+    # ET empty on both sides: Dice 1, HD95 0, lesion-wise 1 and 0 (no lesion, no false positive).
+    assert [row[f"ET_{name}"] for name in ("Dice", "HD95", "LesionWise_Dice", "LesionWise_HD95", "Num_TP",
+                                           "Num_FP", "Num_FN")] == [1.0, 0.0, 1.0, 0.0, 0, 0, 0]
+
+
+def test_false_positive_component():
+    gt = cube(empty(), (3, 3, 3), 5, value=3)  # one ET lesion, 125 voxels
+    pred = cube(cube(empty(), (3, 3, 3), 5, value=3), (10, 30, 14), 3, value=3)  # + 27 voxels far away
+    row = brats_case_metrics(pred, gt, ISO)
+    for region in ("WT", "TC", "ET"):
+        # Dice = 2 * 125 / (125 + 152). The lesion is matched to its own component only (Dice 1, HD95 0);
+        # the far cube is a false positive: lesion-wise Dice = 1 / (1 + 1), HD95 = (0 + 374) / (1 + 1).
+        assert row[f"{region}_Dice"] == pytest.approx(250 / 277)
+        assert row[f"{region}_LesionWise_Dice"] == pytest.approx(0.5)
+        assert row[f"{region}_LesionWise_HD95"] == pytest.approx(187.0)
+        assert (row[f"{region}_Num_TP"], row[f"{region}_Num_FP"], row[f"{region}_Num_FN"]) == (1, 1, 0)
+
+
+@pytest.mark.parametrize("gap, matched", [(2, True), (3, False)])
+def test_predicted_component_matched_within_three_dilations(gap, matched):
+    # Lesion: the cube x = 3..7. A 2x2x2 predicted cube (8 voxels) starting `gap` voxels after it
+    # (x = 8 + gap): three 18-neighbourhood dilations reach x = 10, so a gap of 2 (x = 10) touches and
+    # the cube joins the lesion's union (Dice 2 * 125 / (125 + 125 + 8)); a gap of 3 is a false positive.
+    gt = cube(np.zeros((13, 13, 20), bool), (3, 3, 3), 5)
+    pred = cube(cube(np.zeros_like(gt), (3, 3, 3), 5), (4, 4, 8 + gap), 2)
+    scores = lesion_wise_scores(pred, gt, ISO)
+    if matched:
+        assert scores["LesionWise_Dice"] == pytest.approx(250 / 258) and scores["Num_FP"] == 0
+    else:
+        assert scores["LesionWise_Dice"] == pytest.approx(0.5) and scores["Num_FP"] == 1
+    assert scores["Num_TP"] == 1
+
+
+def test_nearby_ground_truth_components_form_one_lesion():
+    # Two 4-voxel cubes (64 voxels each) 5 voxels apart: dilated 3 times each, they join -> one lesion
+    # of 128 voxels. The prediction finds one cube: Dice 2 * 64 / (64 + 128) = 2/3, one TP, no FN.
+    gt = cube(cube(np.zeros((12, 12, 25), bool), (4, 4, 3), 4), (4, 4, 12), 4)
+    pred = cube(np.zeros_like(gt), (4, 4, 3), 4)
+    scores = lesion_wise_scores(pred, gt, ISO)
+    assert scores["LesionWise_Dice"] == pytest.approx(2 / 3)
+    assert (scores["Num_TP"], scores["Num_FP"], scores["Num_FN"]) == (1, 0, 0)
+
+
+def test_small_lesion_rule_with_anisotropic_spacing():
+    gt = np.zeros((10, 12, 14), bool)
+    gt[3:5, 3:7, 3:8] = True  # 2 x 4 x 5 = 40 voxels, missed by an empty prediction
+    nothing = np.zeros_like(gt)
+    # 1 x 1 x 1 mm: 40 mm^3 <= 50, left out: no lesion, no false positive -> lesion-wise Dice 1, HD95 0.
+    assert lesion_wise_scores(nothing, gt, (1.0, 1.0, 1.0)) == {
+        "LesionWise_Dice": 1.0, "LesionWise_HD95": 0.0, "Num_TP": 0, "Num_FP": 0, "Num_FN": 0}
+    # 2 x 1 x 1 mm: 80 mm^3 > 50, kept and missed -> lesion-wise Dice 0, HD95 374, one FN.
+    assert lesion_wise_scores(nothing, gt, (2.0, 1.0, 1.0)) == {
+        "LesionWise_Dice": 0.0, "LesionWise_HD95": 374.0, "Num_TP": 0, "Num_FP": 0, "Num_FN": 1}
+    # A component matched to a left-out lesion is no false positive either.
+    assert lesion_wise_scores(gt, gt, (1.0, 1.0, 1.0))["Num_FP"] == 0
+
+
+def test_one_side_empty_case():
+    gt = cube(empty(), (3, 3, 3), 5, value=2)  # edema only: WT; TC and ET empty on both sides
+    row = brats_case_metrics(np.zeros_like(gt), gt, ISO)
+    assert (row["WT_Dice"], row["WT_HD95"], row["WT_LesionWise_Dice"], row["WT_LesionWise_HD95"]) == (
+        0.0, 374.0, 0.0, 374.0)
+    assert (row["TC_Dice"], row["TC_HD95"]) == (1.0, 0.0)
+    row = brats_case_metrics(gt, np.zeros_like(gt), ISO)  # only the prediction has a tumour: one FP
+    assert (row["WT_Dice"], row["WT_HD95"], row["WT_LesionWise_Dice"], row["WT_LesionWise_HD95"]) == (
+        0.0, 374.0, 0.0, 374.0)
+    assert row["WT_Num_FP"] == 1
+
+
+def test_bad_input_is_an_error():
+    with pytest.raises(ValueError, match="shape"):
+        brats_case_metrics(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)), ISO)
+    with pytest.raises(ValueError, match="spacing"):
+        brats_case_metrics(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), (1.0, 0.0, 1.0))
