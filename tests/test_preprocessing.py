@@ -6,11 +6,13 @@ import sys
 import numpy as np
 import pytest
 
-from light_training.io import Geometry, ImageReadError, read_json, read_label, write_volume
+from light_training.io import Geometry, ImageReadError, read_image, read_json, read_label, write_volume
+from light_training.normalization import foreground_mask
 from light_training.planning import check_nifti_file
 from light_training.preprocessing import (find_raw_cases, list_cases, load_case, plan_dataset, plans_path,
                                           prepare_plans, preprocess_case, preprocess_dataset, restore_to_original)
 from light_training.resampling import anisotropic_axis
+from light_training.synthetic import generate_aiib2023, generate_brats2023
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 TILTED = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
@@ -236,6 +238,40 @@ def test_check_nifti_file_catches_what_simpleitk_hides(tmp_path):
         check_nifti_file(tmp_path / "inf.nii.gz")
 
 
+def test_synthetic_datasets_plan_preprocess_and_invert(tmp_path):
+    generate_aiib2023(tmp_path / "raw", num_cases=3, shape=(16, 20, 22))
+    raw_dir = tmp_path / "raw" / "AIIB23_Train_T1"
+    cases = find_raw_cases(raw_dir, "aiib2023")
+    labels = {c.case: read_label(c.label_file) for c in cases}
+    spacings = [geometry.spacing for _, geometry in labels.values()]
+    plans = plan_dataset(cases, "aiib2023")
+    assert plans["target_spacing"] == pytest.approx(np.median(spacings, axis=0).tolist())
+    stats = plans["intensity_properties"][0]
+    assert stats["num_samples"] == sum(int(label.sum()) for label, _ in labels.values())
+    assert stats["percentile_00_5"] < stats["mean"] < stats["percentile_99_5"]
+    # with the spacing of AIIB23_2 as the target, that case comes back exactly, the others on their grid
+    own = list(labels["AIIB23_2"][1].spacing)
+    _, summary = run_pipeline(raw_dir, tmp_path / "aiib" / "train", "aiib2023", target_spacing=own)
+    assert summary.done == ["AIIB23_1", "AIIB23_2", "AIIB23_3"]
+    for case, (label, geometry) in labels.items():
+        _, seg, properties = load_case(tmp_path / "aiib" / "train", case)
+        restored = restore_to_original(np.asarray(seg), properties, is_label=True)
+        assert restored.shape == geometry.shape and Geometry.from_dict(properties["geometry"]) == geometry
+        if case == "AIIB23_2":
+            np.testing.assert_array_equal(restored, label)
+    generate_brats2023(tmp_path / "raw", num_cases=2, shape=(16, 18, 20))
+    raw_dir = tmp_path / "raw" / "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData"
+    plans, summary = run_pipeline(raw_dir, tmp_path / "brats" / "train", "brats2023", target_spacing=[1, 1, 1])
+    assert plans["channel_names"] == SEQUENCES and len(summary.done) == 2
+    for raw in find_raw_cases(raw_dir, "brats2023"):
+        image, seg, properties = load_case(tmp_path / "brats" / "train", raw.case)
+        original = read_label(raw.label_file)[0]
+        np.testing.assert_array_equal(restore_to_original(np.asarray(seg), properties, is_label=True), original)
+        sequences = read_image(raw.image_files)[0]
+        cropped = sequences[(slice(None), *[slice(lo, hi) for lo, hi in properties["crop_box"]])]
+        assert np.all(np.asarray(image)[:, ~foreground_mask(cropped)] == 0)  # the background stays 0
+
+
 BAD_INPUTS = {
     "truncated": "unreadable or truncated",
     "missing_sequence": "missing sequence t2f",
@@ -327,8 +363,8 @@ def run_script(repo_root, script, *args):
 
 
 def test_scripts_end_to_end(tmp_path, repo_root):
-    raw, out = tmp_path / "AIIB23_Train_T1", tmp_path / "fullres" / "train"
-    write_aiib(raw, ["AIIB23_1", "AIIB23_2"])
+    generate_aiib2023(tmp_path / "raw_data", num_cases=2, shape=(16, 18, 20))
+    raw, out = tmp_path / "raw_data" / "AIIB23_Train_T1", tmp_path / "fullres" / "train"
     result = run_script(repo_root, "1_preprocessing_aiib2023.py", f"--raw_dir={raw}", f"--output_dir={out}",
                         "--num_processes=1")
     assert result.returncode == 0, result.stderr
