@@ -165,7 +165,7 @@ class Trainer:
         path = Path(path) if path is not None else self.checkpoint_dir / "latest.pt"
         if not path.is_file():
             raise TrainingStopped(f"resume: no checkpoint at {path}; start without resume=True")
-        ckpt = load_checkpoint(path, map_location=self.device)
+        ckpt = load_checkpoint(path, map_location="cpu")  # load_state_dict moves each part to its device
         if ckpt["model_config"] != self.model.config:
             diff = {k: (ckpt["model_config"].get(k), v) for k, v in self.model.config.items()
                     if ckpt["model_config"].get(k) != v}

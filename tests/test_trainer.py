@@ -150,3 +150,18 @@ def test_loss_falls_on_one_repeated_batch(data_dir: Path, tmp_path: Path):
     batch = fixed_batch(data_dir)
     losses = [trainer.train_step(batch, 0)["loss"] for _ in range(20)]
     assert np.mean(losses[-5:]) < 0.6 * losses[0], losses
+
+
+def test_checkpoints_are_atomic_and_loaded_safely(tmp_path: Path):
+    from light_training.checkpoint import save_checkpoint
+    path = tmp_path / "model" / "latest.pt"
+    good = {"model_class": "DiffUNet", "model_config": {}, "model": {"w": torch.ones(2)}, "epoch": 1}
+    save_checkpoint(good, path)
+    with pytest.raises(Exception):
+        save_checkpoint({**good, "epoch": 2, "bad": lambda: 0}, path)  # fails while writing
+    assert load_checkpoint(path)["epoch"] == 1 and [p.name for p in path.parent.iterdir()] == ["latest.pt"]
+    torch.save({**good, "payload": Path("x")}, tmp_path / "foreign.pt")  # a pickled class: refused
+    with pytest.raises(ValueError, match="foreign.pt"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
