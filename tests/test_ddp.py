@@ -1,34 +1,25 @@
 """A 2-process torchrun run of the training script (gloo on the CPU): it finishes and only rank 0 writes."""
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from light_training.checkpoint import load_checkpoint
+from light_training.preprocessing import find_raw_cases, plans_path, prepare_plans, preprocess_dataset
+from light_training.synthetic import generate_aiib2023
 
 
-def write_cases(train: Path, num_cases: int = 4) -> None:
-    """Preprocessed cases (1 channel, class 1 = a bright block) and plans.json in ``train``'s parent."""
-    train.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for i in range(num_cases):
-        label = np.zeros((18, 20 + i, 17), np.uint8)
-        label[4:12, 6:14, 5:11] = 1
-        np.save(train / f"c{i}_image.npy", (rng.normal(size=(1, *label.shape)) + label).astype(np.float32))
-        np.save(train / f"c{i}_label.npy", label)
-        (train / f"c{i}.json").write_text(json.dumps({"case": f"c{i}",
-                                                      "class_locations": {"1": np.argwhere(label).tolist()}}))
-    (train.parent / "plans.json").write_text(json.dumps(
-        {"dataset": "aiib2023", "channel_names": ["CT"], "num_classes": 2, "labels": [0, 1],
-         "label_names": ["background", "airway"]}))
+def preprocessed_synthetic(root: Path, num_cases: int = 4) -> Path:
+    """Synthetic AIIB2023 cases, preprocessed as 1_preprocessing_aiib2023.py does; returns the data folder."""
+    generate_aiib2023(root / "raw_data", num_cases=num_cases, seed=1, shape=(18, 22, 22))
+    raw_cases = find_raw_cases(root / "raw_data" / "AIIB23_Train_T1", "aiib2023")
+    train = root / "fullres" / "train"
+    preprocess_dataset(raw_cases, prepare_plans(plans_path(train), raw_cases, "aiib2023", None, 0), train, 0)
+    return train
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path: Path, repo_root: Path):
-    train, logdir = tmp_path / "fullres" / "train", tmp_path / "logs"
-    write_cases(train)
+    train, logdir = preprocessed_synthetic(tmp_path), tmp_path / "logs"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "2_train_diffunet_aiib2023.py", f"--data_dir={train}", f"--logdir={logdir}", "--device=cpu",
            "--model_preset=tiny", "--patch_size=[16,16,16]", "--max_epoch=2", "--num_iterations_per_epoch=2",

