@@ -66,6 +66,8 @@ def find_constants(source: str, stop_line: int | None = None) -> dict[str, tuple
 
 def parse_value(name: str, raw: str, default: Any) -> Any:
     """Parse the text of ``--name=raw`` against the constant's ``default``; raises ``ValueError``."""
+    if raw == "None":  # any constant may be switched off with --name=None
+        return None
     if isinstance(default, str):
         # Paths and names need no quotes; a quoted value is accepted too.
         try:

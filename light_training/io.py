@@ -59,7 +59,7 @@ class Geometry:
         for field in ("spacing", "origin", "direction"):
             a, b = np.asarray(getattr(self, field)), np.asarray(getattr(other, field))
             if not np.allclose(a, b, atol=GEOMETRY_ATOL, rtol=0):
-                return f"{field} {tuple(b.round(5))} != {tuple(a.round(5))}"
+                return f"{field} {tuple(b.round(5).tolist())} != {tuple(a.round(5).tolist())}"
         return None
 
     def apply_to(self, image: sitk.Image) -> sitk.Image:
@@ -81,6 +81,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the final file the usual permissions
     try:
         yield tmp
         os.replace(tmp, path)

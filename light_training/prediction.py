@@ -171,7 +171,10 @@ def predict_cases(model: torch.nn.Module, checkpoint: dict, settings: InferenceS
     plans = checkpoint["plans"]
     in_channels = checkpoint["model_config"]["in_channels"]
     if input_dir is not None:
-        raw_cases = find_raw_cases(input_dir, plans["dataset"], with_labels=False)
+        try:
+            raw_cases = find_raw_cases(input_dir, plans["dataset"], with_labels=False)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
         if not raw_cases:
             raise SystemExit(f"{input_dir}: no images found for {plans['dataset']}")
         for raw in raw_cases:
