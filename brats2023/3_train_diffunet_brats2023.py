@@ -52,6 +52,9 @@ device = resolve_device(device)
 dist, device = setup_distributed(device)
 seed_everything(seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
 try:
+    if not plans_path(data_dir).is_file():
+        raise ValueError(f"{plans_path(data_dir)} not found: run "
+                         f"brats2023/2_preprocessing_brats2023.py first, or point --data_dir at its output")
     plans = read_json(plans_path(data_dir))
     if plans.get("dataset") != "brats2023":
         raise ValueError(f"{plans_path(data_dir)} is a {plans.get('dataset')!r} plan, this script trains brats2023")
