@@ -1,4 +1,4 @@
-"""Rename the BraTS2023 files as the original release does: <case>/BraTS-GLI-xxxxx-000-t1n.nii.gz -> <case>/t1n.nii.gz.
+"""Rename BraTS2023 files as the original release does: <case>/BraTS-GLI-xxxxx-000-t1n.nii.gz -> <case>/t1n.nii.gz.
 
 The same for t1c, t2w, t2f and seg. Optional: preprocessing reads both namings. Running it twice is
 harmless (files already renamed are left alone). A case folder that holds both names of one file
@@ -6,7 +6,7 @@ is an error naming the folder, found before anything is renamed.
 
 Examples:
     python brats2023/1_rename_mri_data_brats2023.py
-    python brats2023/1_rename_mri_data_brats2023.py --data_dir=./data/demo/brats2023/raw_data/ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData
+    python brats2023/1_rename_mri_data_brats2023.py --data_dir=./data/other/ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData
 """
 import sys
 from pathlib import Path

@@ -119,7 +119,8 @@ def generate_aiib2023(out_dir: str | Path, num_cases: int = 12, seed: int = 0,
 
 def generate_brats2023(out_dir: str | Path, num_cases: int = 12, seed: int = 0,
                        shape: Sequence[int] | None = None, verbose: bool = False) -> list[str]:
-    """Write synthetic glioma MRIs as ``out_dir/ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData/<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz``.
+    """Write synthetic glioma MRIs as ``<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz`` in
+    ``out_dir/ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData``.
 
     ``<case>`` is ``BraTS-GLI-<5 digits>-000`` from 00000. The four sequences are int16 ``(Z, Y, X)``
     on one 1 mm isotropic grid, zero outside the brain; ``seg`` is uint8 with 1 necrotic core,
@@ -146,7 +147,8 @@ def generate_brats2023(out_dir: str | Path, num_cases: int = 12, seed: int = 0,
         write_volume(label, geometry, folder / f"{case}-seg.nii.gz")
         cases.append(case)
         if verbose:
-            counts = ", ".join(f"{name} {int((label == value).sum())}" for value, name in ((1, "NCR"), (2, "ED"), (3, "ET")))
+            counts = ", ".join(f"{name} {int((label == value).sum())}"
+                               for value, name in ((1, "NCR"), (2, "ED"), (3, "ET")))
             print(f"{case}: {len(lesions)} lesion(s), voxels {counts}, {time.time() - start:.1f} s", flush=True)
     return cases
 

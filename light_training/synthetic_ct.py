@@ -83,11 +83,13 @@ def _random_anatomy(rng: np.random.Generator, extent: np.ndarray) -> _Anatomy:
     lz, ly, lx = (float(v) for v in extent)
     cy, cx = ly * rng.uniform(0.48, 0.53), lx * rng.uniform(0.48, 0.52)
     body_semi = (ly * rng.uniform(0.34, 0.38), lx * rng.uniform(0.44, 0.47))
-    lung_semi_x, lung_semi_y, lung_semi_z = lx * rng.uniform(0.15, 0.17), body_semi[0] * 0.78, lz * rng.uniform(0.6, 0.7)
+    lung_semi_x, lung_semi_y = lx * rng.uniform(0.15, 0.17), body_semi[0] * 0.78
+    lung_semi_z = lz * rng.uniform(0.6, 0.7)
     offset = lx * rng.uniform(0.22, 0.24)
     lungs_z, lungs_y = lz * rng.uniform(0.3, 0.38), cy + ly * 0.02
     lung_centers = ((lungs_z, lungs_y, cx - offset), (lungs_z, lungs_y, cx + offset))
-    lung_semi = ((lung_semi_z, lung_semi_y, lung_semi_x), (lung_semi_z * rng.uniform(0.92, 1.0), lung_semi_y, lung_semi_x * 0.95))
+    lung_semi = ((lung_semi_z, lung_semi_y, lung_semi_x),
+                 (lung_semi_z * rng.uniform(0.92, 1.0), lung_semi_y, lung_semi_x * 0.95))
     heart_center = (lz * rng.uniform(-0.1, 0.1), cy - ly * 0.08, cx + lx * 0.05)
     heart_semi = (lz * 0.5, ly * 0.16, lx * 0.13)
     return _Anatomy((cy, cx), body_semi, lung_centers, lung_semi, heart_center, heart_semi, (lz, ly, lx))
@@ -238,7 +240,8 @@ def synthesize_ct(rng: np.random.Generator, shape: tuple[int, int, int],
     vessel_branches = [b for b in tree if b.generation >= 2]
     offsets = []
     for b in vessel_branches:
-        e1, e2 = _perpendicular_basis((np.asarray(b.end) - b.start) / (np.linalg.norm(np.subtract(b.end, b.start)) + 1e-9))
+        axis = np.subtract(b.end, b.start)
+        e1, e2 = _perpendicular_basis(axis / (np.linalg.norm(axis) + 1e-9))
         angle = rng.uniform(0, 2 * np.pi)
         offsets.append((np.cos(angle) * e1 + np.sin(angle) * e2) * (b.radius_start * (2.2 + wall) + 0.5 * soft))
     vessels = render_capsules(shape, spacing, vessel_branches, radius_scale=1.0,
@@ -251,5 +254,5 @@ def synthesize_ct(rng: np.random.Generator, shape: tuple[int, int, int],
     label = (lumen > 0.5).astype(np.uint8)
 
     image = ndimage.gaussian_filter(image, sigma=0.6, truncate=3.0)  # scanner point-spread (partial volume)
-    image += rng.normal(0, rng.uniform(12, 25), size=shape).astype(np.float32)
+    image += rng.standard_normal(shape, dtype=np.float32) * np.float32(rng.uniform(12, 25))
     return np.clip(np.rint(image), -1024, 3071).astype(np.int16), label, tree

@@ -19,11 +19,11 @@ __all__ = ["SEQUENCES", "Lesion", "synthesize_mri"]
 SEQUENCES = ("t1n", "t1c", "t2w", "t2f")
 # mean intensity of each tissue in each sequence (arbitrary scanner units, as in the BraTS files)
 CONTRAST = {          # t1n   t1c   t2w   t2f
-    "csf":            (250,  270, 1500,  120),
-    "grey":           (520,  560,  850,  620),
-    "white":          (700,  730,  600,  470),
-    "edema":          (450,  480, 1200, 1050),  # bright on t2w and FLAIR (t2f)
-    "necrosis":       (300,  260, 1350,  650),  # dark on t1c, bright on t2w
+    "csf":            (250,  270, 1600,  120),
+    "grey":           (520,  560,  750,  620),
+    "white":          (700,  730,  500,  470),
+    "edema":          (450,  480, 1250, 1050),  # bright on t2w and FLAIR (t2f)
+    "necrosis":       (300,  260, 1450,  650),  # dark on t1c, bright on t2w
     "non_enhancing":  (420,  440, 1050,  950),  # a core without enhancement (label 1)
     "enhancing":      (520, 1250,  900,  800),  # bright on t1c
 }
@@ -39,7 +39,8 @@ class Lesion:
     necrotic: bool
 
 
-def _brain_tissues(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def _brain_tissues(rng: np.random.Generator, shape: tuple[int, int, int]
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Brain mask ``(Z, Y, X)`` bool, soft tissue fractions, the brain centre and semi-axes (voxels)."""
     center = np.array(shape) / 2 + rng.uniform(-0.03, 0.03, 3) * np.array(shape)
     semi = np.array(shape) * np.array([0.38, 0.40, 0.36]) * rng.uniform(0.92, 1.03, 3)
@@ -139,7 +140,7 @@ def synthesize_mri(rng: np.random.Generator, shape: tuple[int, int, int],
         tumour_value[label == ET] = mean["enhancing"]
         image = np.where(tumour, tumour_value * heterogeneity, image)
         image = ndimage.gaussian_filter(image * bias, sigma=0.6, truncate=3.0)  # partial volume
-        image += rng.normal(0, 0.025 * mean["white"], size=shape).astype(np.float32)
+        image += rng.standard_normal(shape, dtype=np.float32) * np.float32(0.025 * mean["white"])
         image *= rng.uniform(0.6, 1.6)  # scanner scale: MRI units are arbitrary
         images[sequence] = np.where(brain, np.clip(np.rint(image), 1, 32000), 0).astype(np.int16)
     return images, label, lesions

@@ -30,7 +30,8 @@ def test_rename_then_rename_again(tmp_path, repo_root):
     for case in CASES:
         assert sorted(p.name for p in (root / case).iterdir()) == sorted(f"{part}.nii.gz" for part in PARTS)
     after = digests(root)
-    assert {f"{case}/{part}.nii.gz": before[f"{case}/{case}-{part}.nii.gz"] for case in CASES for part in PARTS} == after
+    expected = {f"{case}/{part}.nii.gz": before[f"{case}/{case}-{part}.nii.gz"] for case in CASES for part in PARTS}
+    assert after == expected  # the same bytes under the new names
     config = json.loads((root / "1_rename_mri_data_brats2023_config.json").read_text())
     assert config == {"data_dir": str(root)}
     result = rename(repo_root, root)  # twice: nothing to do, nothing changed
@@ -63,6 +64,7 @@ def test_clash_names_the_folder_and_renames_nothing(tmp_path, repo_root):
 def test_missing_folder_and_help(tmp_path, repo_root):
     result = rename(repo_root, tmp_path / "nowhere")
     assert result.returncode != 0 and "nowhere: no such folder" in result.stderr
-    result = subprocess.run([sys.executable, SCRIPT, "--help"], cwd=repo_root, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, SCRIPT, "--help"], cwd=repo_root, capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0 and "--data_dir" in result.stdout
     assert "./data/raw_data/ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData" in result.stdout
