@@ -26,7 +26,8 @@ from diffunet import DiffUNet  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
 from light_training.io import write_json  # noqa: E402
 from light_training.loss import diffunet_loss  # noqa: E402
-from light_training.prediction import InferenceSettings, autocast_context, predict_volume  # noqa: E402
+from light_training.prediction import (InferenceSettings, autocast_context, compile_for_inference,  # noqa: E402
+                                       predict_volume)
 
 device = "auto"  # "auto": cuda:0 when present, else cpu
 preset = "paper"  # the model measured for the window and training rows
@@ -35,7 +36,7 @@ steps = 3  # DDIM steps of one sampling
 train_batch_size = 2  # patches per training step
 fast_precision = "auto"  # autocast of the fast settings: "auto" (bf16 where supported), "bf16", "fp16", "fp32"
 fast_channels_last = False  # channels_last_3d memory format in the fast settings (measured slower on CPU with bf16)
-fast_compile = False  # torch.compile the denoiser in the fast settings (slow first call)
+fast_compile = True  # torch.compile (inductor, frozen weights) the sampling networks in the fast settings (~1 min once)
 repeats = 3  # timed repetitions per row (the median is reported)
 quick = False  # only the 64^3 (or 128^3) window and training rows
 volume_shape = [200, 256, 256]  # (z, y, x) of the synthetic CT predicted whole
@@ -92,8 +93,8 @@ def flops_of(fn: Callable[[], object]) -> float:
 def fast_model(model: torch.nn.Module) -> torch.nn.Module:
     if fast_channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
-    if fast_compile:
-        model.denoiser = torch.compile(model.denoiser)
+    if fast_compile and not model.training:
+        compile_for_inference(model)
     return model
 
 
@@ -176,33 +177,41 @@ add(f"train_step_{w}_fast_peak_fraction", f"training step {w}^3: fast, share of 
 del model, optimizer
 
 if not quick:
-    # ----------------------------------------------------------------------- whole volume
+    # ----------------------------------------------------------------------- whole volume, loader
+    from light_training.augmentation import make_training_stream
+    from light_training.io import read_image
+    from light_training.preprocessing import find_raw_cases, plan_dataset, preprocess_case, save_case
     from light_training.synthetic import generate_aiib2023
-    from light_training.io import read_volume
     vpreset = volume_preset or ("paper" if dev.type == "cuda" else "tiny")
     vpatch = volume_patch or [w, w, w]
     with tempfile.TemporaryDirectory() as tmp:
-        case = generate_aiib2023(tmp, num_cases=1, seed=seed, shape=tuple(volume_shape))[0]
-        ct, _ = read_volume(Path(tmp) / "AIIB23_Train_T1" / "img" / f"{case}.nii.gz")
-    volume = torch.from_numpy((np.clip(ct, -1000, 500).astype(np.float32) + 250) / 400)[None]  # (1, Z, Y, X)
-    model = fast_model(DiffUNet(1, 2, preset=vpreset, steps=steps).to(dev).eval())
-    for mirror in [(), (0, 1, 2)]:
-        settings = InferenceSettings(patch_size=vpatch, overlap=0.5, mirror_axes=mirror, precision=fast_precision,
-                                     channels_last=fast_channels_last, progress=False)
-        start = time.perf_counter()
-        predict_volume(model, volume, settings, dev)
-        sync()
-        name = "volume_mirror_s" if mirror else "volume_s"
-        add(name, f"whole CT {'x'.join(map(str, volume.shape[1:]))} ({vpreset}, patch {vpatch[0]}, "
-            f"{'8 mirrors' if mirror else 'no mirroring'})", time.perf_counter() - start, "s", "{:.1f}")
-    del model
-
-    # ----------------------------------------------------------------------- loader
-    from light_training.dataloading import loader_throughput
-    with tempfile.TemporaryDirectory() as tmp:
-        per_worker, total = loader_throughput(tmp, patch_size=[w, w, w], batch_size=2, num_workers=loader_workers)
-    add("loader_patches_per_s", f"loader: patches/s ({loader_workers} workers, augmented)", total, "1/s", "{:.1f}")
-    add("loader_patches_per_s_per_worker", "loader: patches/s per worker", per_worker, "1/s", "{:.1f}")
+        generate_aiib2023(Path(tmp) / "raw", num_cases=1, seed=seed, shape=tuple(volume_shape))
+        raw = find_raw_cases(Path(tmp) / "raw" / "AIIB23_Train_T1", "aiib2023")
+        plans = plan_dataset(raw, "aiib2023", target_spacing=None)  # the median spacing: no resampling
+        image, geometry = read_image(raw[0].image_files)
+        label = read_image([raw[0].label_file])[0][0].astype(np.uint8)
+        data, seg, properties = preprocess_case(image, geometry, label, plans, case=raw[0].case)
+        save_case(Path(tmp) / "train", raw[0].case, data, seg, properties)
+        model = fast_model(DiffUNet(1, 2, preset=vpreset, steps=steps).to(dev).eval())
+        for mirror in [(), (0, 1, 2)]:
+            settings = InferenceSettings(patch_size=vpatch, overlap=0.5, mirror_axes=mirror,
+                                         precision=fast_precision, channels_last=fast_channels_last, progress=False)
+            start = time.perf_counter()
+            predict_volume(model, data, settings, dev)
+            sync()
+            add("volume_mirror_s" if mirror else "volume_s",
+                f"whole CT {'x'.join(map(str, data.shape[1:]))} ({vpreset}, patch {vpatch[0]}, "
+                f"{'8 mirrors' if mirror else 'no mirroring'})", time.perf_counter() - start, "s", "{:.1f}")
+        del model
+        batches = 8
+        with make_training_stream(Path(tmp) / "train", [raw[0].case], [w, w, w], 2, True, loader_workers,
+                                  seed=seed) as stream:
+            next(stream)  # starts the workers
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(stream)
+            rate = batches * 2 / (time.perf_counter() - start)
+    add("loader_patches_per_s", f"loader: augmented {w}^3 patches/s ({loader_workers} workers)", rate, "1/s", "{:.1f}")
 
 print(f"\nDiff-UNet speed on {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}, "
       f"{torch.get_num_threads()} threads), fast = {fast_precision} autocast"
