@@ -7,7 +7,7 @@ Everything goes under ./data/demo, ./logs/demo and ./prediction_results/demo.
 
 Examples:
     python demo.py
-    python demo.py --datasets=['aiib2023'] --max_epoch=4
+    python demo.py "--datasets=['aiib2023']" --max_epoch=4
     python demo.py --num_cases=6 --max_epoch=1 --num_iterations_per_epoch=2   # a smoke test
 """
 import subprocess
@@ -31,6 +31,7 @@ max_epoch = 12  # training epochs per dataset
 num_iterations_per_epoch = 25  # training steps per epoch
 batch_size = 2
 num_workers = 1  # augmentation worker processes
+num_val_patches = 10  # validation patches for the pseudo Dice
 mirror_axes = []  # test-time mirroring axes; [] keeps the demo fast
 workdir = "./data/demo"  # raw and preprocessed data
 logdir = "./logs/demo"  # training logs and checkpoints (one folder per dataset)
@@ -83,7 +84,8 @@ for dataset in datasets:
     run(preprocess, raw_dir=raw_dir, output_dir=data_dir, overwrite=True)
     run(train, data_dir=data_dir, logdir=run_logdir, device="cpu", model_preset=model_preset,
         patch_size=patch_size, max_epoch=max_epoch, num_iterations_per_epoch=num_iterations_per_epoch,
-        batch_size=batch_size, num_workers=num_workers, val_every=max(1, max_epoch // 3), seed=seed)
+        batch_size=batch_size, num_workers=num_workers, val_every=max(1, max_epoch // 3), seed=seed,
+        num_val_patches=num_val_patches)
     run(predict, data_dir=data_dir, logdir=run_logdir, save_dir=save_dir, device="cpu",
         mirror_axes=mirror_axes)
     run(metrics, pred_dir=save_dir, raw_dir=raw_dir, output_dir=metrics_dir)
