@@ -112,7 +112,8 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, set
     Returns:
         probabilities ``(K, Z, Y, X)`` float32 and uncertainty ``(Z, Y, X)`` float32, on ``device``.
     """
-    image = torch.as_tensor(np.asarray(image, dtype=np.float32) if isinstance(image, np.ndarray) else image)
+    # a copy: preprocessed cases are read-only memory maps
+    image = torch.from_numpy(np.array(image, dtype=np.float32)) if isinstance(image, np.ndarray) else image
     inferer = SlidingWindowInferer(roi_size=list(settings.patch_size), sw_batch_size=settings.sw_batch_size,
                                    overlap=settings.overlap, mode="gaussian", progress=settings.progress,
                                    cache_roi_weight_map=True, device=device, sw_device=device)

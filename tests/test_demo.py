@@ -6,7 +6,7 @@ import sys
 
 def test_demo_runs_both_chains(tmp_path, repo_root):
     run = subprocess.run(
-        [sys.executable, "demo.py", "--num_cases=5", "--max_epoch=1", "--num_iterations_per_epoch=2",
+        [sys.executable, "demo.py", "--num_cases=5", "--max_epoch=1", "--num_iterations_per_epoch=2", "--val_every=1",
          "--patch_size=[16,32,32]", "--shape_aiib2023=(32,40,40)", "--shape_brats2023=(24,32,32)",
          "--num_val_patches=2", "--num_workers=0", f"--workdir={tmp_path / 'data'}",
          f"--logdir={tmp_path / 'logs'}", f"--resultdir={tmp_path / 'results'}"],
