@@ -3,7 +3,8 @@
 Every row of the printed table is measured in this run: FLOPs of one sampling and one training step
 (torch.utils.flop_counter), the device's matmul peak in fp32 and bf16, times of the fp32 eager
 baseline and of the fast settings, their ratio and the fraction of the peak reached, the agreement
-of the two predictions, whole-volume prediction of a synthetic CT and loader patches per second.
+of the two predictions, mirrored copies batched or not, whole-volume prediction of a synthetic CT and
+loader patches per second.
 
 Examples:
     python benchmarks/bench_speed.py --quick=True                 # the 64^3 rows only (CPU: < 3 min)
@@ -121,18 +122,19 @@ def sample_fp32() -> tuple[torch.Tensor, torch.Tensor]:
         return model.sample(image)
 
 
-base_s = timed(sample_fp32)
-reference = sample_fp32()
-model = fast_model(model)
-image_fast = fast_input(image)
-
-
 def sample_fast() -> tuple[torch.Tensor, torch.Tensor]:
     torch.manual_seed(seed)
     with torch.inference_mode(), autocast_context(dev, fast_precision):
         return model.sample(image_fast)
 
 
+base_s = timed(sample_fp32)
+reference = sample_fp32()
+image_fast = fast_input(image)
+if fast_compile:  # the fast settings without torch.compile (the prediction scripts' default)
+    model = model.to(memory_format=torch.channels_last_3d) if fast_channels_last else model
+    add(f"sample_{w}_fast_eager_s", f"sampling {w}^3: fast settings without torch.compile", timed(sample_fast), "s")
+model = fast_model(model)
 fast_s = timed(sample_fast)
 fast = sample_fast()
 add(f"sample_{w}_fp32_eager_s", f"sampling {w}^3: fp32 eager", base_s, "s")
@@ -145,6 +147,15 @@ add(f"sample_{w}_fast_peak_fraction", f"sampling {w}^3: fast, share of bf16 peak
 add("argmax_agreement", "agreement: same argmax, fast vs fp32", float((fast[0].argmax(1) == reference[0].argmax(1))
                                                                      .float().mean()), "", "{:.4%}")
 add("max_abs_prob_diff", "agreement: max |p_fast - p_fp32|", float((fast[0] - reference[0]).abs().max()), "")
+
+if not quick:  # test-time mirroring of one window: the 8 copies in one network call, or one call each
+    one_window = torch.randn(1, w, w, w, device=dev)
+    for batched in (False, True):
+        mirror_settings = InferenceSettings(patch_size=[w, w, w], mirror_axes=(0, 1, 2), precision=fast_precision,
+                                            channels_last=fast_channels_last, batch_mirrors=batched, progress=False)
+        add(f"mirrors_{w}_{'one_call' if batched else 'call_each'}_s",
+            f"8 mirrors of one {w}^3 window: {'one call of 8' if batched else '8 calls of 1'}",
+            timed(lambda: predict_volume(model, one_window, mirror_settings, dev), n=1), "s")
 
 # --------------------------------------------------------------------------- one training step
 model = DiffUNet(1, 2, preset=preset, steps=steps).to(dev).train()

@@ -44,6 +44,26 @@ def test_mirroring_and_larger_volume_give_probabilities():
     assert 0 <= float(uncertainty.min()) and float(uncertainty.max()) <= 1
 
 
+def test_mirrors_one_call_or_one_call_each(monkeypatch):
+    """Both ways of running the mirrored copies call the network as intended and give the same result
+    (the starting noise of one call of 4 equals that of 4 calls of 1 under the same seed)."""
+    model = tiny_model(1, 2)
+    calls = []
+    sample = model.sample
+    monkeypatch.setattr(model, "sample", lambda batch, **kw: calls.append(batch.shape[0]) or sample(batch, **kw))
+    image = np.random.default_rng(0).normal(size=(1, 16, 16, 16)).astype(np.float32)
+    results = {}
+    for batched in (True, False):
+        calls.clear()
+        settings = InferenceSettings(patch_size=(16, 16, 16), mirror_axes=(0, 2), sw_batch_size=1,
+                                     precision="fp32", progress=False, batch_mirrors=batched)
+        torch.manual_seed(0)
+        results[batched] = predict_volume(model, image, settings, CPU)
+        assert calls == ([4] if batched else [1, 1, 1, 1])
+    for a, b in zip(results[True], results[False]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
 def test_prediction_has_the_source_geometry(tmp_path):
     # a CT with non-identity direction, non-zero origin and anisotropic spacing, in the AIIB layout
     geometry = Geometry(spacing=(0.5, 0.703125, 0.75), origin=(-101.5, 42.25, -310.0),
