@@ -164,7 +164,7 @@ class DiffUNet(nn.Module):
             alpha, sigma = alpha_sigma(t)
             alpha_next, sigma_next = alpha_sigma(torch.full_like(t, t_next))
             eps_hat = (x_t - alpha * x0_hat) / sigma.clamp(min=1e-8)
-            x_t = alpha_next * x0_hat + sigma_next * eps_hat
+            x_t = _like_layout(alpha_next * x0_hat + sigma_next * eps_hat, image)  # one layout: no recompiles
         probs = fuser.result()
         if boundary_logits is not None:  # the release: fused logits + boundary logits
             probs = torch.softmax(probs.clamp(min=1e-12).log() + boundary_logits.float(), dim=1)
