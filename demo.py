@@ -35,6 +35,7 @@ num_workers = 1  # augmentation worker processes
 num_val_patches = 10  # validation patches for the pseudo Dice
 cpu_bf16 = True  # bf16 autocast in training (about 2x faster on this CPU, benchmarks/bench_speed.py)
 mirror_axes = []  # test-time mirroring axes; [] keeps the demo fast
+torch_compile = False  # compiling the tiny model for two small cases costs more than it saves
 workdir = "./data/demo"  # raw and preprocessed data
 logdir = "./logs/demo"  # training logs and checkpoints (one folder per dataset)
 resultdir = "./prediction_results/demo"  # predictions and metric tables
@@ -89,7 +90,7 @@ for dataset in datasets:
         batch_size=batch_size, num_workers=num_workers, val_every=val_every, seed=seed,
         num_val_patches=num_val_patches, cpu_bf16=cpu_bf16)
     run(predict, data_dir=data_dir, logdir=run_logdir, save_dir=save_dir, device="cpu",
-        mirror_axes=mirror_axes)
+        mirror_axes=mirror_axes, torch_compile=torch_compile)
     run(metrics, pred_dir=save_dir, raw_dir=raw_dir, output_dir=metrics_dir)
     summaries[dataset] = read_json(metrics_dir / "diffunet_summary.json")
 

@@ -6,7 +6,7 @@ import torch
 from diffunet import DiffUNet
 from light_training.io import Geometry, read_volume, write_volume
 from light_training.planning import find_raw_cases, plan_dataset
-from light_training.prediction import InferenceSettings, predict_volume, save_prediction
+from light_training.prediction import InferenceSettings, compile_for_inference, predict_volume, save_prediction
 from light_training.preprocessing import preprocess_case
 from light_training.io import read_image
 
@@ -31,6 +31,17 @@ def test_one_window_equals_a_direct_call():
     assert probs.shape == (2, 16, 24, 16) and uncertainty.shape == (16, 24, 16)
     torch.testing.assert_close(probs, direct_probs[0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(uncertainty, direct_unc[0], atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_model_samples_like_the_eager_one():
+    image = torch.randn(1, 1, 16, 16, 16)
+    outputs = []
+    for model in (tiny_model(), compile_for_inference(tiny_model())):
+        torch.manual_seed(1)
+        with torch.inference_mode():
+            outputs.append(model.sample(image))
+    torch.testing.assert_close(outputs[1][0], outputs[0][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(outputs[1][1], outputs[0][1], atol=1e-4, rtol=1e-4)
 
 
 def test_mirroring_and_larger_volume_give_probabilities():
