@@ -91,10 +91,10 @@ def flops_of(fn: Callable[[], object]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def fast_model(model: torch.nn.Module) -> torch.nn.Module:
+def fast_model(model: torch.nn.Module, compile: bool = fast_compile) -> torch.nn.Module:
     if fast_channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
-    if fast_compile and not model.training:
+    if compile and not model.training:
         compile_for_inference(model)
     return model
 
@@ -132,7 +132,7 @@ base_s = timed(sample_fp32)
 reference = sample_fp32()
 image_fast = fast_input(image)
 if fast_compile:  # the fast settings without torch.compile (the prediction scripts' default)
-    model = model.to(memory_format=torch.channels_last_3d) if fast_channels_last else model
+    model = fast_model(model, compile=False)
     add(f"sample_{w}_fast_eager_s", f"sampling {w}^3: fast settings without torch.compile", timed(sample_fast), "s")
 model = fast_model(model)
 fast_s = timed(sample_fast)
@@ -176,10 +176,11 @@ def train_step(x: torch.Tensor, precision: str) -> None:
 train_gflop = flops_of(lambda: train_step(images, "fp32"))
 add(f"train_step_{w}_gflop", f"training step {w}^3 x{train_batch_size} (MC-Diff K=3): work", train_gflop,
     "GFLOP", "{:.1f}")
-train_base = timed(lambda: train_step(images, "fp32"), n=max(1, repeats - 1))
+train_repeats = 1 if quick else max(1, repeats - 1)  # a training step is slow: fewer repetitions
+train_base = timed(lambda: train_step(images, "fp32"), n=train_repeats)
 model = fast_model(model)
 images_fast = fast_input(images)
-train_fast = timed(lambda: train_step(images_fast, fast_precision), n=max(1, repeats - 1))
+train_fast = timed(lambda: train_step(images_fast, fast_precision), n=train_repeats)
 add(f"train_step_{w}_fp32_eager_s", f"training step {w}^3: fp32 eager", train_base, "s")
 add(f"train_step_{w}_fast_s", f"training step {w}^3: fast settings", train_fast, "s")
 add(f"train_step_{w}_speedup", f"training step {w}^3: speed-up", train_base / train_fast, "x", "{:.2f}")
