@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 from light_training.config import apply_overrides, save_config  # noqa: E402
 from light_training.io import read_json  # noqa: E402
+from light_training.prediction import cpu_has_bf16  # noqa: E402
 from light_training.synthetic import generate_aiib2023, generate_brats2023  # noqa: E402
 
 datasets = ["aiib2023", "brats2023"]  # which chains to run
@@ -33,7 +34,7 @@ val_every = 3  # validate (pseudo Dice, best.pt) every this many epochs
 batch_size = 2
 num_workers = 1  # augmentation worker processes
 num_val_patches = 10  # validation patches for the pseudo Dice
-cpu_bf16 = True  # bf16 autocast in training (about 2x faster on this CPU, benchmarks/bench_speed.py)
+cpu_bf16 = None  # bf16 autocast in training (2x faster with AVX512-BF16/AMX); None: where the CPU has it
 mirror_axes = []  # test-time mirroring axes; [] keeps the demo fast
 torch_compile = False  # compiling the tiny model for two small cases costs more than it saves
 workdir = "./data/demo"  # raw and preprocessed data
@@ -88,7 +89,7 @@ for dataset in datasets:
     run(train, data_dir=data_dir, logdir=run_logdir, device="cpu", model_preset=model_preset,
         patch_size=patch_size, max_epoch=max_epoch, num_iterations_per_epoch=num_iterations_per_epoch,
         batch_size=batch_size, num_workers=num_workers, val_every=val_every, seed=seed,
-        num_val_patches=num_val_patches, cpu_bf16=cpu_bf16)
+        num_val_patches=num_val_patches, cpu_bf16=cpu_has_bf16() if cpu_bf16 is None else cpu_bf16)
     run(predict, data_dir=data_dir, logdir=run_logdir, save_dir=save_dir, device="cpu",
         mirror_axes=mirror_axes, torch_compile=torch_compile)
     run(metrics, pred_dir=save_dir, raw_dir=raw_dir, output_dir=metrics_dir)

@@ -48,14 +48,15 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX)."""
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Autocast for ``precision`` on ``device`` ("auto": bf16 where the hardware has it, else fp32)."""
     if precision == "auto":
-        precision = "bf16" if (device.type == "cuda" or _cpu_has_bf16()) else "fp32"
+        precision = "bf16" if (device.type == "cuda" or cpu_has_bf16()) else "fp32"
     if precision == "fp32":
         return contextlib.nullcontext()
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
