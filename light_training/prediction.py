@@ -86,12 +86,12 @@ class _MirroredSampler:
         self.model, self.settings, self.device = model, settings, device
         axes = [2 + a for a in settings.mirror_axes]
         self.flips = [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
+        self.batched = device.type == "cuda" if settings.batch_mirrors is None else settings.batch_mirrors
 
     def __call__(self, windows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = windows.shape[0]
         flipped = [windows.flip(f) if f else windows for f in self.flips]
-        batched = self.device.type == "cuda" if self.settings.batch_mirrors is None else self.settings.batch_mirrors
-        calls = [torch.cat(flipped)] if batched else flipped  # (n*F, C, *roi) once, or F times (n, C, *roi)
+        calls = [torch.cat(flipped)] if self.batched else flipped  # (n*F, C, *roi) once, or F times (n, C, *roi)
         outputs = []
         with autocast_context(self.device, self.settings.precision):
             for batch in calls:
