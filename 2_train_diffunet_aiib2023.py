@@ -15,15 +15,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from diffunet import DiffUNet  # noqa: E402
-from light_training.augmentation import make_training_stream  # noqa: E402
+from light_training.training.augmentation import make_training_stream  # noqa: E402
 from light_training.checkpoint import archive_previous_run  # noqa: E402
 from light_training.config import apply_overrides, save_config  # noqa: E402
-from light_training.dataloading import ValidationPatches  # noqa: E402
+from light_training.training.dataloading import ValidationPatches  # noqa: E402
 from light_training.io import read_json  # noqa: E402
-from light_training.prediction import resolve_device  # noqa: E402
-from light_training.preprocessing import plans_path  # noqa: E402
-from light_training.splits import fold_cases  # noqa: E402
-from light_training.trainer import (Trainer, TrainingStopped, TrainSettings, cleanup_distributed,  # noqa: E402
+from light_training.inference.prediction import resolve_device  # noqa: E402
+from light_training.preprocessing.planning import plans_path  # noqa: E402
+from light_training.training.splits import fold_cases  # noqa: E402
+from light_training.training.trainer import (Trainer, TrainingStopped, TrainSettings, cleanup_distributed,  # noqa: E402
                                     seed_everything, setup_distributed)
 
 data_dir = "./data/fullres/train"  # preprocessed cases (1_preprocessing_aiib2023.py); plans.json in its parent

@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 from light_training.config import apply_overrides, save_config  # noqa: E402
 from light_training.io import read_json  # noqa: E402
-from light_training.prediction import cpu_has_bf16  # noqa: E402
-from light_training.synthetic import generate_aiib2023, generate_brats2023  # noqa: E402
+from light_training.inference.prediction import cpu_has_bf16  # noqa: E402
+from light_training.synthetic.generate import generate_aiib2023, generate_brats2023  # noqa: E402
 
 datasets = ["aiib2023", "brats2023"]  # which chains to run
 num_cases = 10  # synthetic cases per dataset (a fifth is held out for prediction and metrics)

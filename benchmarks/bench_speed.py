@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffunet import DiffUNet  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
 from light_training.io import write_json  # noqa: E402
-from light_training.loss import diffunet_loss  # noqa: E402
-from light_training.prediction import (InferenceSettings, autocast_context, compile_for_inference,  # noqa: E402
+from light_training.training.loss import diffunet_loss  # noqa: E402
+from light_training.inference.prediction import (InferenceSettings, autocast_context, compile_for_inference,  # noqa: E402
                                        predict_volume)
 
 device = "auto"  # "auto": cuda:0 when present, else cpu
@@ -190,10 +190,12 @@ del model, optimizer
 
 if not quick:
     # ----------------------------------------------------------------------- whole volume, loader
-    from light_training.augmentation import make_training_stream
+    from light_training.training.augmentation import make_training_stream
     from light_training.io import read_image
-    from light_training.preprocessing import find_raw_cases, plan_dataset, preprocess_case, save_case
-    from light_training.synthetic import generate_aiib2023
+    from light_training.preprocessing.raw_cases import find_raw_cases
+    from light_training.preprocessing.planning import plan_dataset
+    from light_training.preprocessing.preprocess import preprocess_case, save_case
+    from light_training.synthetic.generate import generate_aiib2023
     vpreset = volume_preset or ("paper" if dev.type == "cuda" else "tiny")
     vpatch = volume_patch or [w, w, w]
     with tempfile.TemporaryDirectory() as tmp:

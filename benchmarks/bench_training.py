@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffunet import DiffUNet  # noqa: E402
-from light_training.augmentation import make_training_stream  # noqa: E402
+from light_training.training.augmentation import make_training_stream  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
-from light_training.trainer import Trainer, TrainSettings  # noqa: E402
+from light_training.training.trainer import Trainer, TrainSettings  # noqa: E402
 
 presets = ["tiny", "paper"]  # model presets to time
 patch_cpu = [64, 64, 64]  # patch (z, y, x) on the CPU

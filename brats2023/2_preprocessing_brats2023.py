@@ -15,7 +15,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from light_training.config import apply_overrides, save_config  # noqa: E402
-from light_training.preprocessing import find_raw_cases, plans_path, prepare_plans, preprocess_dataset  # noqa: E402
+from light_training.preprocessing.raw_cases import find_raw_cases  # noqa: E402
+from light_training.preprocessing.planning import plans_path, prepare_plans  # noqa: E402
+from light_training.preprocessing.preprocess import preprocess_dataset  # noqa: E402
 
 raw_dir = "./data/raw_data/ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData"  # one folder per case
 output_dir = "./data/fullres/train"  # preprocessed cases; the plan goes to its parent folder (plans.json)

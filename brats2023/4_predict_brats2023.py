@@ -11,9 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from light_training.config import apply_overrides, save_config  # noqa: E402
-from light_training.prediction import (InferenceSettings, compile_for_inference, load_predictor,  # noqa: E402
+from light_training.inference.prediction import (InferenceSettings, compile_for_inference, load_predictor,  # noqa: E402
                                        predict_cases, resolve_device)
-from light_training.splits import held_out_cases  # noqa: E402
+from light_training.training.splits import held_out_cases  # noqa: E402
 
 logdir = "./logs/diffunet"  # the training run
 checkpoint = None  # a checkpoint file; None: <logdir>/model/best.pt

@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from light_training.config import apply_overrides, save_config  # noqa: E402
-from light_training.evaluation import case_listing, evaluate_folder, format_table, nifti_cases  # noqa: E402
-from light_training.metrics_brats import BRATS_COLUMNS, REGIONS, brats_case_metrics  # noqa: E402
-from light_training.preprocessing import find_raw_cases  # noqa: E402
+from light_training.evaluation.scoring import case_listing, evaluate_folder, format_table, nifti_cases  # noqa: E402
+from light_training.evaluation.metrics_brats import BRATS_COLUMNS, REGIONS, brats_case_metrics  # noqa: E402
+from light_training.preprocessing.raw_cases import find_raw_cases  # noqa: E402
 
 pred = "diffunet"  # predictions in ./prediction_results/<pred>/; the tables are named <pred>
 pred_dir = None  # a folder of <case>.nii.gz predictions instead (the tables take the folder's name)

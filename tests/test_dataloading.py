@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from light_training.augmentation import enlarged_patch_size, make_training_stream, training_transforms
-from light_training.dataloading import (OVERSAMPLE_FOREGROUND_PERCENT, PatchLoader, ValidationPatches,
+from light_training.training.augmentation import enlarged_patch_size, make_training_stream, training_transforms
+from light_training.training.dataloading import (OVERSAMPLE_FOREGROUND_PERCENT, PatchLoader, ValidationPatches,
                                         choose_patch_start, crop_patch)
-from light_training.splits import fold_cases, held_out_cases, load_or_create_splits, make_splits, splits_path
+from light_training.training.splits import fold_cases, held_out_cases, load_or_create_splits, make_splits, splits_path
 
 
 def write_case(data_dir: Path, case: str, image: np.ndarray, label: np.ndarray) -> None:

@@ -5,8 +5,10 @@ import sys
 from pathlib import Path
 
 from light_training.checkpoint import load_checkpoint
-from light_training.preprocessing import find_raw_cases, plans_path, prepare_plans, preprocess_dataset
-from light_training.synthetic import generate_aiib2023
+from light_training.preprocessing.raw_cases import find_raw_cases
+from light_training.preprocessing.planning import plans_path, prepare_plans
+from light_training.preprocessing.preprocess import preprocess_dataset
+from light_training.synthetic.generate import generate_aiib2023
 
 
 def preprocessed_synthetic(root: Path, num_cases: int = 4) -> Path:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffunet import DiffUNetOutput
-from light_training.loss import diffunet_loss, uncertainty_lambda
+from light_training.training.loss import diffunet_loss, uncertainty_lambda
 
 
 def _output(logits, boundary_logits=None, boundary_target=None, uncertainty=None):

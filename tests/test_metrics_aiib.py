@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from light_training.metrics_aiib import AIIB_COLUMNS, aiib_case_metrics, airway_skeleton, parse_branches
+from light_training.evaluation.metrics_aiib import AIIB_COLUMNS, aiib_case_metrics, airway_skeleton, parse_branches
 
 
 def tube() -> np.ndarray:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from light_training.metrics_brats import (BRATS_COLUMNS, brats_case_metrics, dice, hd95, lesion_wise_scores,
+from light_training.evaluation.metrics_brats import (BRATS_COLUMNS, brats_case_metrics, dice, hd95, lesion_wise_scores,
                                           region_mask, weighted_percentile)
 
 ISO = (1.0, 1.0, 1.0)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from light_training.io import Geometry, write_volume
-from light_training.metrics_brats import BRATS_COLUMNS
+from light_training.evaluation.metrics_brats import BRATS_COLUMNS
 
 AIIB_SCRIPT = "4_compute_metrics_aiib2023.py"
 BRATS_SCRIPT = "brats2023/5_compute_metrics_brats2023.py"
@@ -157,7 +157,7 @@ def test_brats_script_on_raw_layout(repo_root, tmp_path):
 
 
 def test_summary_skips_nan_and_listing_ignores_other_files(tmp_path, aiib_folders):
-    from light_training.evaluation import nifti_cases, summarize
+    from light_training.evaluation.scoring import nifti_cases, summarize
 
     rows = [{"case": "a", "DBR": 0.5, "IoU": float("nan")}, {"case": "b", "DBR": float("nan"), "IoU": float("nan")},
             {"case": "c", "DBR": 1.0, "IoU": float("nan")}]

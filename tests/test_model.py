@@ -10,7 +10,7 @@ from scipy import ndimage
 from diffunet import DiffUNet, boundary_target
 from diffunet.mba import MBA, affinity_fusion
 from diffunet.pure import StepFusion, fuse_steps, normalized_entropy, pure_weights, weighted_mean
-from light_training.loss import diffunet_loss
+from light_training.training.loss import diffunet_loss
 
 ORIGINAL_PARAMETERS = 63_042_720  # DiffUNet(1, 2) of the original release
 

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from light_training.io import Geometry, ImageReadError, read_image, read_json, read_label, write_volume
-from light_training.normalization import foreground_mask
-from light_training.planning import check_nifti_file
-from light_training.preprocessing import (find_raw_cases, list_cases, load_case, plan_dataset, plans_path,
-                                          prepare_plans, preprocess_case, preprocess_dataset, restore_to_original)
-from light_training.resampling import anisotropic_axis
-from light_training.synthetic import generate_aiib2023, generate_brats2023
+from light_training.preprocessing.normalization import foreground_mask
+from light_training.preprocessing.raw_cases import check_nifti_file
+from light_training.preprocessing.raw_cases import find_raw_cases
+from light_training.preprocessing.preprocess import list_cases, load_case, preprocess_case, preprocess_dataset, restore_to_original
+from light_training.preprocessing.planning import plan_dataset, plans_path, prepare_plans
+from light_training.preprocessing.resampling import anisotropic_axis
+from light_training.synthetic.generate import generate_aiib2023, generate_brats2023
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 TILTED = (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, -1.0)

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from light_training.synthetic import BRATS_FOLDER, generate_brats2023
+from light_training.synthetic.generate import BRATS_FOLDER, generate_brats2023
 
 SCRIPT = "brats2023/1_rename_mri_data_brats2023.py"
 PARTS = ["t1n", "t1c", "t2w", "t2f", "seg"]

@@ -1,7 +1,7 @@
 """Resampling rules: target shapes, the thick-slice axis, label safety, exact integer round trips."""
 import numpy as np
 
-from light_training.resampling import anisotropic_axis, resample_channels, resample_label, shape_for_spacing
+from light_training.preprocessing.resampling import anisotropic_axis, resample_channels, resample_label, shape_for_spacing
 
 
 def test_shape_for_spacing():

@@ -8,9 +8,9 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 
 from light_training.io import read_image, read_label, read_volume
-from light_training.synthetic import generate_aiib2023, generate_brats2023
-from light_training.synthetic_ct import synthesize_ct
-from light_training.synthetic_mri import SEQUENCES, synthesize_mri
+from light_training.synthetic.generate import generate_aiib2023, generate_brats2023
+from light_training.synthetic.ct import synthesize_ct
+from light_training.synthetic.mri import SEQUENCES, synthesize_mri
 
 AIIB_SHAPE, BRATS_SHAPE = (40, 48, 46), (32, 40, 36)
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)

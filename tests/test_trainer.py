@@ -11,10 +11,12 @@ import torch
 
 from diffunet import DiffUNet
 from light_training.checkpoint import archive_previous_run, build_model, load_checkpoint
-from light_training.dataloading import ValidationPatches
-from light_training.preprocessing import find_raw_cases, list_cases, plans_path, prepare_plans, preprocess_dataset
-from light_training.synthetic import generate_aiib2023
-from light_training.trainer import Trainer, TrainingStopped, TrainSettings
+from light_training.training.dataloading import ValidationPatches
+from light_training.preprocessing.raw_cases import find_raw_cases
+from light_training.preprocessing.preprocess import list_cases, preprocess_dataset
+from light_training.preprocessing.planning import plans_path, prepare_plans
+from light_training.synthetic.generate import generate_aiib2023
+from light_training.training.trainer import Trainer, TrainingStopped, TrainSettings
 
 PATCH = [16, 16, 16]
 
@@ -159,7 +161,7 @@ def test_checkpoints_are_atomic_and_loaded_safely(tmp_path: Path):
 
 
 def test_brats_script_takes_channels_and_classes_from_the_plan(tmp_path: Path, repo_root: Path):
-    from light_training.synthetic import generate_brats2023
+    from light_training.synthetic.generate import generate_brats2023
     generate_brats2023(tmp_path / "raw_data", num_cases=3, shape=(16, 18, 20))
     raw_cases = find_raw_cases(tmp_path / "raw_data" / "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData", "brats2023")
     train = tmp_path / "fullres" / "train"

@@ -1,8 +1,8 @@
 """The training loop: SGD + poly LR, the MC-Diff loss, AMP, validation by sampling, checkpoints, resume, DDP.
 
-One epoch is ``num_iterations_per_epoch`` steps on batches from a :class:`~light_training.augmentation.BatchStream`;
+One epoch is ``num_iterations_per_epoch`` steps on batches from a :class:`~light_training.training.augmentation.BatchStream`;
 every ``val_every`` epochs (and after the last) the model samples the fixed
-:class:`~light_training.dataloading.ValidationPatches` and the per-class Dice of all of them together
+:class:`~light_training.training.dataloading.ValidationPatches` and the per-class Dice of all of them together
 (nnU-Net's "pseudo Dice") decides ``best.pt``. Under ``torchrun`` every rank trains on its own batches
 (DistributedDataParallel averages the gradients), validates its share of the patches, and rank 0
 alone prints, logs and saves.
@@ -25,9 +25,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from light_training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from light_training.dataloading import ValidationPatches
-from light_training.loss import diffunet_loss
-from light_training.monitor import TrainingMonitor, middle_slices, summary_line
+from light_training.training.dataloading import ValidationPatches
+from light_training.training.loss import diffunet_loss
+from light_training.training.monitor import TrainingMonitor, middle_slices, summary_line
 
 __all__ = ["TrainSettings", "DistInfo", "TrainingStopped", "setup_distributed", "cleanup_distributed",
            "seed_everything", "Trainer"]

@@ -2,8 +2,8 @@
 in worker processes, write the table (CSV) and its summary (JSON), and format it for printing.
 
 A case metric is a picklable function ``metric(prediction (Z, Y, X) uint8, ground_truth (Z, Y, X) uint8,
-spacing (z, y, x) mm) -> {column: value}`` such as :func:`light_training.metrics_aiib.aiib_case_metrics`
-or :func:`light_training.metrics_brats.brats_case_metrics`.
+spacing (z, y, x) mm) -> {column: value}`` such as :func:`light_training.evaluation.metrics_aiib.aiib_case_metrics`
+or :func:`light_training.evaluation.metrics_brats.brats_case_metrics`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from light_training.io import Geometry, ImageReadError, atomic_path, read_label, write_json
-from light_training.planning import map_cases
+from light_training.parallel import map_cases
 
 __all__ = ["MISSING_PREDICTION_POLICIES", "CasePair", "Evaluation", "case_sort_key", "case_listing", "nifti_cases",
            "pair_cases", "read_geometry", "check_geometries", "evaluate_pairs", "summarize", "write_csv",

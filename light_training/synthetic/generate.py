@@ -6,7 +6,7 @@ Run the whole pipeline before having the real data::
     python -m light_training.synthetic --dataset=brats2023 --num_cases=12 --out=./data/raw_data --shape=(155,240,240)
 
 or from Python with :func:`generate_aiib2023` / :func:`generate_brats2023`. The anatomy is drawn by
-:mod:`light_training.synthetic_ct` and :mod:`light_training.synthetic_mri`. Every case draws from its
+:mod:`light_training.synthetic.ct` and :mod:`light_training.synthetic.mri`. Every case draws from its
 own ``numpy`` generator seeded with ``(seed, dataset, case index)``: the same seed gives byte-identical
 arrays, and a case does not depend on how many cases are generated.
 """
@@ -23,8 +23,8 @@ import SimpleITK as sitk
 
 from light_training.config import parse_value
 from light_training.io import Geometry, write_volume
-from light_training.synthetic_ct import synthesize_ct
-from light_training.synthetic_mri import SEQUENCES, synthesize_mri
+from light_training.synthetic.ct import synthesize_ct
+from light_training.synthetic.mri import SEQUENCES, synthesize_mri
 
 __all__ = ["AIIB_FOLDER", "BRATS_FOLDER", "DEFAULT_SHAPE_AIIB", "DEFAULT_SHAPE_BRATS", "generate_aiib2023",
            "generate_brats2023", "case_rng", "main"]

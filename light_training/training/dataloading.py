@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 
-from light_training.preprocessing import list_cases, load_case
+from light_training.preprocessing.preprocess import list_cases, load_case
 
 __all__ = ["OVERSAMPLE_FOREGROUND_PERCENT", "crop_patch", "choose_patch_start", "foreground_voxel",
            "PatchLoader", "ValidationPatches"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from light_training.synthetic_ct import smooth_noise
+from light_training.synthetic.ct import smooth_noise
 
 __all__ = ["SEQUENCES", "Lesion", "synthesize_mri"]
 

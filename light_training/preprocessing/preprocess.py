@@ -1,8 +1,8 @@
 """Preprocessing by the plan (crop, normalise, resample), the preprocessed files, and the way back.
 
 A case goes through nnU-Net's steps: crop to the bounding box of the voxels that are non-zero in any
-channel; normalise each channel (:mod:`light_training.normalization`); resample image and label to
-the plan's target spacing (:mod:`light_training.resampling`). :func:`restore_to_original` undoes the
+channel; normalise each channel (:mod:`light_training.preprocessing.normalization`); resample image and label to
+the plan's target spacing (:mod:`light_training.preprocessing.resampling`). :func:`restore_to_original` undoes the
 geometry part for a prediction: resample to the cropped shape, un-crop, original grid.
 
 Files per case ``<case>`` in ``data_dir`` (JSON and numpy only, each written atomically):
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import zlib
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,18 +27,37 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from light_training.io import Geometry, atomic_path, read_json
-from light_training.normalization import foreground_mask, normalize
-from light_training.planning import (RawCase, case_seed, dataset_spec, find_raw_cases, map_cases, nonzero_bounding_box,
-                                     plan_dataset, plans_path, prepare_plans, read_raw_case, validate_case)
-from light_training.resampling import anisotropic_axis, resample_channels, resample_label, shape_for_spacing
 
-__all__ = ["plans_path", "RawCase", "find_raw_cases", "plan_dataset", "prepare_plans", "preprocess_case",
+
+from light_training.io import Geometry, atomic_path, read_json
+from light_training.parallel import map_cases
+from light_training.preprocessing.normalization import foreground_mask, normalize
+from light_training.preprocessing.raw_cases import RawCase, dataset_spec, read_raw_case, validate_case
+from light_training.preprocessing.resampling import anisotropic_axis, resample_channels, resample_label, shape_for_spacing
+
+__all__ = ["nonzero_bounding_box", "case_seed", "preprocess_case",
            "restore_to_original", "sample_class_locations", "save_case", "load_case", "list_cases",
            "preprocess_dataset", "PreprocessingSummary"]
 
 CLASS_LOCATIONS_SAMPLES = 10_000  # voxel coordinates stored per foreground class ...
 CLASS_LOCATIONS_MIN_FRACTION = 0.01  # ... but at least this fraction of the class's voxels
+
+
+def nonzero_bounding_box(image: np.ndarray) -> list[list[int]]:
+    """``[[z0, z1], [y0, y1], [x0, x1]]`` (end exclusive) of the voxels non-zero in any channel of ``(C, Z, Y, X)``."""
+    mask = np.any(image != 0, axis=0)
+    box = []
+    for axis in range(3):
+        present = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
+        if present.size == 0:
+            raise ValueError("image has no foreground: every voxel is 0, nothing to crop to")
+        box.append([int(present[0]), int(present[-1]) + 1])
+    return box
+
+
+def case_seed(case: str) -> int:
+    """A seed that depends only on the case id, so that sampling is the same on every run."""
+    return zlib.crc32(case.encode())
 
 
 def sample_class_locations(label: np.ndarray, classes: Sequence[int], seed: int) -> dict[str, list[list[int]]]:

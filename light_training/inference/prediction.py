@@ -18,7 +18,7 @@ import torch
 from monai.inferers import SlidingWindowInferer
 
 from light_training.io import Geometry, atomic_path, write_volume
-from light_training.preprocessing import restore_to_original
+from light_training.preprocessing.preprocess import restore_to_original
 
 __all__ = ["InferenceSettings", "resolve_device", "autocast_context", "compile_for_inference", "predict_volume",
            "save_prediction", "load_predictor", "predict_cases"]
@@ -190,7 +190,8 @@ def predict_cases(model: torch.nn.Module, checkpoint: dict, settings: InferenceS
     from tqdm import tqdm
 
     from light_training.io import read_image
-    from light_training.preprocessing import find_raw_cases, load_case, preprocess_case
+    from light_training.preprocessing.raw_cases import find_raw_cases
+    from light_training.preprocessing.preprocess import load_case, preprocess_case
     plans = checkpoint["plans"]
     in_channels = checkpoint["model_config"]["in_channels"]
     if input_dir is not None:

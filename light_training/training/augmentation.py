@@ -25,7 +25,7 @@ from batchgenerators.transforms.noise_transforms import GaussianBlurTransform, G
 from batchgenerators.transforms.resample_transforms import SimulateLowResolutionTransform
 from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
-from light_training.dataloading import OVERSAMPLE_FOREGROUND_PERCENT, PatchLoader
+from light_training.training.dataloading import OVERSAMPLE_FOREGROUND_PERCENT, PatchLoader
 
 __all__ = ["ROTATION", "SCALE", "enlarged_patch_size", "training_transforms", "FinalizeBatch", "BatchStream",
            "make_training_stream"]

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from light_training.io import read_json, write_json
-from light_training.preprocessing import list_cases
+from light_training.preprocessing.preprocess import list_cases
 
 __all__ = ["splits_path", "make_splits", "load_or_create_splits", "fold_cases", "held_out_cases"]
 
