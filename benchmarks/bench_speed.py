@@ -27,8 +27,8 @@ from diffunet import DiffUNet  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
 from light_training.io import write_json  # noqa: E402
 from light_training.training.loss import diffunet_loss  # noqa: E402
-from light_training.inference.prediction import (InferenceSettings, autocast_context, compile_for_inference,  # noqa: E402
-                                       predict_volume)
+from light_training.inference.prediction import InferenceSettings, predict_volume  # noqa: E402
+from light_training.runtime import autocast_context, compile_for_inference  # noqa: E402
 
 device = "auto"  # "auto": cuda:0 when present, else cpu
 preset = "paper"  # the model measured for the window and training rows

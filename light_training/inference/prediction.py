@@ -7,7 +7,6 @@ onto the original image grid by the preprocessing inverse.
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +17,10 @@ import torch
 from monai.inferers import SlidingWindowInferer
 
 from light_training.io import Geometry, atomic_path, write_volume
+from light_training.runtime import autocast_context
 from light_training.preprocessing.preprocess import restore_to_original
 
-__all__ = ["InferenceSettings", "resolve_device", "autocast_context", "compile_for_inference", "predict_volume",
+__all__ = ["InferenceSettings", "predict_volume",
            "save_prediction", "load_predictor", "predict_cases"]
 
 
@@ -38,44 +38,6 @@ class InferenceSettings:
     #                                    no (one call per mirror measured 1.2-1.3x faster there, bench_speed.py)
     steps: int | None = None  # DDIM steps; None: the model's own
     progress: bool = True
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``"cuda:0"``-style request, falling back to the CPU (with a note) when CUDA is absent."""
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        print(f"note: {requested} requested but CUDA is not available; running on the CPU")
-        return torch.device("cpu")
-    return torch.device(requested)
-
-
-def cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX)."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Autocast for ``precision`` on ``device`` ("auto": bf16 where the hardware has it, else fp32)."""
-    if precision == "auto":
-        precision = "bf16" if (device.type == "cuda" or cpu_has_bf16()) else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ValueError(f"precision must be one of 'auto', 'fp32', 'bf16', 'fp16', got {precision!r}")
-    return torch.autocast(device_type=device.type, dtype=dtypes[precision])
-
-
-def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` the boundary branch and the denoiser of a DiffUNet in place, with inductor's
-    weight freezing (constant-folded, prepacked convolution weights). Inference only; the first call
-    compiles (about a minute on a CPU), later calls of the same window size reuse it."""
-    import torch._inductor.config as inductor_config
-    # freezing must be on when the graph is compiled (the first call); passed through torch.compile's
-    # `options` it did not take effect (measured), so it is set for this process
-    inductor_config.freezing = True
-    model.boundary = torch.compile(model.boundary)
-    model.denoiser = torch.compile(model.denoiser)
-    return model
 
 
 class _MirroredSampler:

@@ -25,12 +25,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from light_training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from light_training.runtime import DistInfo, resolve_precision, seed_everything
 from light_training.training.dataloading import ValidationPatches
 from light_training.training.loss import diffunet_loss
 from light_training.training.monitor import TrainingMonitor, middle_slices, summary_line
 
-__all__ = ["TrainSettings", "DistInfo", "TrainingStopped", "setup_distributed", "cleanup_distributed",
-           "seed_everything", "Trainer"]
+__all__ = ["TrainSettings", "TrainingStopped", "Trainer"]
 
 
 @dataclass
@@ -47,57 +47,12 @@ class TrainSettings:
     grad_clip: float = 12.0  # max gradient norm
     val_steps: int | None = None  # DDIM steps when validating; None: the model's own
     max_consecutive_nonfinite: int = 5  # this many NaN/Inf steps in a row stop training
-    cpu_bf16: bool = False  # bf16 autocast on the CPU (CUDA always uses AMP)
+    precision: str = "auto"  # "auto", "fp32", "bf16", "fp16" (light_training.runtime); fp16 uses a grad scaler
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in a torchrun job (rank 0 of 1 without one)."""
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            torch_dist.barrier()
 
 
 class TrainingStopped(RuntimeError):
     """Training cannot go on (e.g. the loss stays NaN); the message says why and what was kept."""
-
-
-def setup_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
-    """Join the torchrun job when ``WORLD_SIZE > 1`` (NCCL on CUDA, gloo on the CPU); returns this
-    rank's info and device (``cuda:LOCAL_RANK`` on GPUs). Without torchrun: ``DistInfo()`` and ``device``."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistInfo(), device
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not torch_dist.is_initialized():
-        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank, world_size, local_rank), device
-
-
-def cleanup_distributed() -> None:
-    if torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
-
-
-def seed_everything(seed: int | Sequence[int]) -> None:
-    """Seed torch, numpy's global generator (batchgenerators draws from it) and Python's ``random``."""
-    state = np.random.SeedSequence(np.atleast_1d(seed).tolist()).generate_state(2)
-    torch.manual_seed(int(state[0]) << 32 | int(state[1]))
-    np.random.seed(int(state[0]))
-    import random
-    random.seed(int(state[1]))
 
 
 class Trainer:
@@ -125,10 +80,8 @@ class Trainer:
                                          nesterov=True, weight_decay=settings.weight_decay)
         # a closure reads self.settings, so a resumed run with a new max_epoch follows the new schedule
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: self._poly(e))
-        if device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            self.amp_dtype = torch.bfloat16 if settings.cpu_bf16 else None
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16,
+                          "fp16": torch.float16}[resolve_precision(settings.precision, device)]
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.start_epoch, self.best_dice = 0, -1.0
         self.nonfinite_in_a_row = 0  # skipped steps in a row, across epochs
@@ -248,7 +201,7 @@ class Trainer:
                     raise TrainingStopped(
                         f"the loss or gradient was NaN/Inf in {self.nonfinite_in_a_row} steps in a row (epoch "
                         f"{epoch + 1}); training stopped and {kept}. Check the data (NaN in the preprocessed "
-                        f"images?), lower lr or leave cpu_bf16=False, then resume with resume=True")
+                        f"images?), lower lr or use precision="fp32", then resume with resume=True")
                 continue
             self.nonfinite_in_a_row = 0
             done += 1
