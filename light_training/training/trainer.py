@@ -201,7 +201,7 @@ class Trainer:
                     raise TrainingStopped(
                         f"the loss or gradient was NaN/Inf in {self.nonfinite_in_a_row} steps in a row (epoch "
                         f"{epoch + 1}); training stopped and {kept}. Check the data (NaN in the preprocessed "
-                        f"images?), lower lr or use precision="fp32", then resume with resume=True")
+                        f"images?), lower lr or use precision='fp32', then resume with resume=True")
                 continue
             self.nonfinite_in_a_row = 0
             done += 1
