@@ -1,24 +1,25 @@
-"""Predict airway segmentations with a trained Diff-UNet (sliding windows, DDIM sampling with PURE,
-mirroring), written as NIfTI on exactly the original scans' geometry.
+"""Predict AIIB2023 (chest CT, airway) with a trained checkpoint (sliding windows, DDIM sampling with PURE, mirroring),
+written as NIfTI on exactly the source scans' geometry.
+
+Every scan of input_dir is read and checked before the first window; problems are listed by case and file.
 
 Examples:
     python 3_predict_aiib2023.py                                   # the held-out fold, best checkpoint
-    python 3_predict_aiib2023.py --input_dir=./my_scans --save_uncertainty=True
+    python 3_predict_aiib2023.py --input_dir=./my_scans --save_uncertainty=True --skip_bad_cases=True
     python 3_predict_aiib2023.py --device=cpu --mirror_axes=[] --overlap=0.25   # on CPU
 """
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from light_training.config import apply_overrides, save_config  # noqa: E402
-from light_training.inference.prediction import (InferenceSettings, compile_for_inference, load_predictor,  # noqa: E402
-                                       predict_cases, resolve_device)
-from light_training.training.splits import held_out_cases  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[0]))
+from light_training.stages import run  # noqa: E402
+from light_training.stages.predict import predict  # noqa: E402
 
+dataset = "aiib2023"  # must match the checkpoint's
 logdir = "./logs/diffunet"  # the training run
 checkpoint = None  # a checkpoint file; None: <logdir>/model/best.pt
 data_dir = "./data/fullres/train"  # preprocessed cases (the held-out fold is predicted)
-input_dir = None  # a folder of raw scans (<case>.nii.gz, or img/<case>.nii.gz) to predict instead
+input_dir = None  # a folder of raw scans to predict instead, e.g. ./my_scans (img/<case>.nii.gz or <case>.nii.gz)
 save_dir = "./prediction_results/diffunet"  # where <case>.nii.gz are written
 fold = None  # held-out fold to predict; None: the fold the checkpoint was trained on
 overlap = 0.5  # sliding-window overlap
@@ -26,21 +27,15 @@ mirror_axes = [0, 1, 2]  # test-time mirroring over these axes (z, y, x); [] for
 sw_batch_size = 1  # windows per network call (each with its mirrored copies)
 precision = "auto"  # "auto" (bf16 where the hardware has it), "fp32", "bf16" or "fp16"
 steps = None  # DDIM sampling steps; None: the model's own (3)
-torch_compile = True  # torch.compile the networks (~1 min once per window size): 2x faster sampling on the CPU (bench_speed.py)
+fusion = None  # how the steps are fused: "pure", "mean", "last"; None: the model's own
+uncertainty = "total"  # "total" (entropy of the mean over mirrors and steps) or "mutual_information" (their disagreement)
+torch_compile = True  # torch.compile the networks (~1 min once per window size): 2x faster sampling on the CPU
 save_probabilities = False  # also <case>.npz with the class probabilities
-save_uncertainty = False  # also <case>_uncertainty.nii.gz (PURE-fused voxel uncertainty)
+save_uncertainty = False  # also <case>_uncertainty.nii.gz (in [0, 1]; the metrics script scores it)
+save_preview = False  # also <case>_preview.png: slices with ground truth, prediction and uncertainty
+skip_bad_cases = False  # True: predict the usable scans of input_dir and list the others; False: stop before any work
+nonfinite = "error"  # NaN/Inf voxels in a scan: "error", or "replace" by the scan's minimum (with a warning)
 device = "cuda:0"  # falls back to the CPU when CUDA is absent
-config = apply_overrides(globals())
+num_threads = None  # CPU threads of torch; None: torch's default
 
-device = resolve_device(device)
-model, ckpt = load_predictor(checkpoint or Path(logdir) / "model" / "best.pt", "aiib2023", device)
-if torch_compile:
-    compile_for_inference(model)
-settings = InferenceSettings(patch_size=ckpt["config"]["patch_size"], overlap=overlap, mirror_axes=mirror_axes,
-                             sw_batch_size=sw_batch_size, precision=precision, steps=steps)
-cases = [] if input_dir else held_out_cases(data_dir, ckpt["config"]["fold"] if fold is None else fold)
-written = predict_cases(model, ckpt, settings, device, save_dir, data_dir=data_dir, cases=cases,
-                        input_dir=input_dir, save_probabilities=save_probabilities,
-                        save_uncertainty=save_uncertainty)
-save_config(config, Path(save_dir) / "3_predict_aiib2023_config.json")
-print(f"{len(written)} prediction(s) written to {save_dir}")
+run(predict, globals())

@@ -2,7 +2,7 @@
 
 A numbered script defines its constants as plain top-level assignments, then calls::
 
-    config = apply_overrides(globals())
+    run(stage, globals())      # light_training.stages.run, which calls apply_overrides(globals())
 
 which reads the script's own source to find the constants and their comments, applies the
 overrides from ``sys.argv`` (values parsed as Python literals, never evaluated as code), checks each
@@ -114,6 +114,21 @@ def _help_text(script: str, doc: str | None, constants: dict[str, tuple[Any, str
     return "\n".join(lines)
 
 
+def _passes_globals(node: ast.AST) -> bool:
+    return isinstance(node, ast.Call) and any(
+        isinstance(arg, ast.Call) and isinstance(arg.func, ast.Name) and arg.func.id == "globals" for arg in node.args)
+
+
+def _call_line(source: str) -> int | None:
+    """The line of the first top-level statement that calls a function with ``globals()`` (the script's
+    ``run(stage, globals())`` or ``apply_overrides(globals())``): the constants are the assignments above
+    it. Found in the syntax tree, so a docstring or comment that mentions the call changes nothing."""
+    for node in ast.parse(source).body:
+        if any(_passes_globals(child) for child in ast.walk(node)):
+            return node.lineno
+    return None
+
+
 def apply_overrides(namespace: dict[str, Any], argv: list[str] | None = None) -> dict[str, Any]:
     """Apply ``--name=value`` overrides to the constants of the script whose ``globals()`` is given.
 
@@ -126,10 +141,7 @@ def apply_overrides(namespace: dict[str, Any], argv: list[str] | None = None) ->
     if script is None:
         raise RuntimeError("apply_overrides(globals()) must be called from a script file")
     source = Path(script).read_text()
-    call_line = next((node.lineno for node in ast.parse(source).body
-                      if "apply_overrides" in ast.get_source_segment(source, node)
-                      and not isinstance(node, (ast.Import, ast.ImportFrom))), None)
-    constants = find_constants(source, call_line)
+    constants = find_constants(source, _call_line(source))
     name_of_script = Path(script).name
     if any(arg in ("-h", "--help") for arg in argv):
         print(_help_text(name_of_script, namespace.get("__doc__"), constants))

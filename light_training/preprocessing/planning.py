@@ -1,17 +1,10 @@
 """The plan (nnU-Net's fingerprint + plans).
 
-Raw layouts found by :func:`find_raw_cases`:
-
-- ``aiib2023``: ``<raw_dir>/img/<case>.nii.gz`` (CT in HU) and ``<raw_dir>/gt/<case>.nii.gz`` (1 = airway).
-  Without labels (prediction on any folder): ``<dir>/img/<case>.nii.gz`` when ``img/`` exists, else
-  ``<dir>/<case>.nii.gz``.
-- ``brats2023``: one folder per case, ``<raw_dir>/<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (the
-  challenge's names) or ``<raw_dir>/<case>/{t1n,t1c,t2w,t2f,seg}.nii.gz`` (after
-  ``brats2023/1_rename_mri_data_brats2023.py``); both are accepted, with or without labels.
-
 The plan (``plans.json``, one JSON file read by every later stage) holds the dataset's fingerprint
 (per case spacing, shape, shape after cropping, label values; per channel foreground intensity
-statistics) and what preprocessing does with it (target spacing, normalisation per channel).
+statistics) and what preprocessing does with it (target spacing, normalisation per channel, resampling
+orders and the anisotropy threshold): every value that changes the preprocessed arrays is read from
+the plan and is part of its hash. It holds the dataset description too, and so does every checkpoint.
 """
 from __future__ import annotations
 
@@ -27,16 +20,17 @@ from light_training.io import read_json, write_json
 from light_training.parallel import map_cases
 from light_training.preprocessing.normalization import intensity_statistics
 from light_training.preprocessing.preprocess import case_seed, nonzero_bounding_box
-from light_training.preprocessing.raw_cases import DatasetSpec, RawCase, dataset_spec, read_raw_case
+from light_training.datasets import DatasetDescription
+from light_training.preprocessing.raw_cases import RawCase, read_raw_case
 from light_training.preprocessing.resampling import ANISOTROPY_THRESHOLD, shape_for_spacing
 
 __all__ = ["plans_path", "plans_hash", "plan_dataset", "prepare_plans"]
 
 INTENSITY_SAMPLES_TOTAL = 10_000_000  # foreground voxels sampled per channel over the whole dataset
 INTENSITY_SAMPLES_PER_CASE = (1_000, 100_000)  # ... but at least / at most this many per case
-_PLANS_HASH_KEYS = ("dataset", "channel_names", "labels", "normalization", "target_spacing", "intensity_properties")
-
-
+# every plan entry that changes the preprocessed arrays: a case preprocessed under another hash is redone
+_PLANS_HASH_KEYS = ("dataset", "channel_names", "labels", "normalization", "target_spacing", "intensity_properties",
+                    "resampling")
 
 
 
@@ -45,13 +39,11 @@ def plans_path(data_dir: str | Path) -> Path:
     return Path(data_dir).parent / "plans.json"
 
 
-
-
-def _fingerprint(raw: RawCase, spec: DatasetSpec, num_samples: int) -> tuple[dict[str, Any], np.ndarray]:
+def _fingerprint(raw: RawCase, description: DatasetDescription, num_samples: int) -> tuple[dict[str, Any], np.ndarray]:
     """One case's fingerprint and ``(C, N)`` intensities sampled from its labelled foreground."""
     if raw.label_file is None:
         raise ValueError("planning needs labelled cases (no label file)")
-    image, geometry, label = read_raw_case(raw, spec)
+    image, geometry, label = read_raw_case(raw, description)
     box = nonzero_bounding_box(image)
     foreground = np.flatnonzero(label > 0)
     if foreground.size > num_samples:
@@ -77,19 +69,22 @@ def plans_hash(plans: dict[str, Any]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def plan_dataset(raw_cases: Sequence[RawCase], dataset: str, target_spacing: Sequence[float] | None = None,
-                 num_processes: int = 0, skip_bad_cases: bool = False) -> dict[str, Any]:
+def plan_dataset(raw_cases: Sequence[RawCase], description: DatasetDescription,
+                 target_spacing: Sequence[float] | None = None, num_processes: int = 0,
+                 skip_bad_cases: bool = False) -> dict[str, Any]:
     """Fingerprint every case and make the plan (a JSON-able dict; see the module docstring).
 
-    ``target_spacing`` (z, y, x) mm; None or ``[]``: the median spacing of the dataset. Bad cases
-    raise ``ValueError``, or with ``skip_bad_cases`` are left out and listed under ``"bad_cases"``.
+    ``target_spacing`` (z, y, x) mm; None: the description's, ``[]`` (or None without one in the
+    description): the median spacing of the dataset. Bad cases raise ``ValueError``, or with
+    ``skip_bad_cases`` are left out and listed under ``"bad_cases"``.
     """
-    spec, requested = dataset_spec(dataset), _check_spacing(target_spacing)
+    dataset = description.name
+    requested = _check_spacing(description.target_spacing if target_spacing is None else target_spacing)
     if not raw_cases:
         raise ValueError(f"no {dataset} cases to plan")
     low, high = INTENSITY_SAMPLES_PER_CASE
     per_case = int(np.clip(INTENSITY_SAMPLES_TOTAL // len(raw_cases), low, high))
-    results, bad = map_cases(partial(_fingerprint, spec=spec, num_samples=per_case), raw_cases, num_processes,
+    results, bad = map_cases(partial(_fingerprint, description=description, num_samples=per_case), raw_cases, num_processes,
                              f"planning {dataset}", skip_bad_cases)
     if not results:
         raise ValueError(f"every {dataset} case is unusable: " + "; ".join(bad.values()))
@@ -99,18 +94,18 @@ def plan_dataset(raw_cases: Sequence[RawCase], dataset: str, target_spacing: Seq
     median_spacing = np.median([cases[n]["spacing"] for n in names], axis=0).tolist()
     target = requested or median_spacing
     resampled = [shape_for_spacing(cases[n]["shape_after_crop"], cases[n]["spacing"], target) for n in names]
-    if samples.shape[1] == 0 and spec.normalization == "CT":
+    if samples.shape[1] == 0 and "CT" in description.normalization:
         raise ValueError(f"no labelled foreground voxel in any {dataset} case: cannot compute CT intensity statistics")
     plans = {
-        "dataset": dataset, "modality": spec.modality, "channel_names": list(spec.channel_names),
-        "labels": list(spec.labels), "label_names": list(spec.label_names), "num_classes": len(spec.labels),
-        "normalization": [spec.normalization] * len(spec.channel_names),
+        "dataset": dataset, "description": description.to_dict(), "channel_names": list(description.channel_names),
+        "labels": description.label_values, "label_names": description.label_names,
+        "num_classes": description.num_classes, "normalization": list(description.normalization),
         "target_spacing": [float(s) for s in target],
         "target_spacing_source": "constant" if requested else "median spacing",
         "requested_target_spacing": requested, "median_spacing": median_spacing,
         "median_shape_after_crop": np.median([cases[n]["shape_after_crop"] for n in names], axis=0).tolist(),
         "median_shape": np.median(resampled, axis=0).tolist(),  # after resampling to target_spacing
-        "anisotropy_threshold": ANISOTROPY_THRESHOLD,
+        "resampling": {"image_order": 3, "label": "one-hot linear, argmax", "anisotropy_threshold": ANISOTROPY_THRESHOLD},
         "intensity_properties": [intensity_statistics(s) if s.size else None for s in samples],
         "num_cases": len(cases), "cases": cases, "bad_cases": dict(sorted(bad.items())),
     }
@@ -118,7 +113,7 @@ def plan_dataset(raw_cases: Sequence[RawCase], dataset: str, target_spacing: Seq
     return plans
 
 
-def prepare_plans(path: str | Path, raw_cases: Sequence[RawCase], dataset: str,
+def prepare_plans(path: str | Path, raw_cases: Sequence[RawCase], description: DatasetDescription,
                   target_spacing: Sequence[float] | None = None, num_processes: int = 0,
                   overwrite: bool = False, skip_bad_cases: bool = False) -> dict[str, Any]:
     """Plan the dataset and write ``path`` (``plans.json``), or reuse the plan already there.
@@ -127,16 +122,18 @@ def prepare_plans(path: str | Path, raw_cases: Sequence[RawCase], dataset: str,
     spacing and exactly these cases, none of them bad, unless ``overwrite``. A plan of another dataset
     raises ``ValueError`` (two datasets must not share a folder).
     """
-    path = Path(path)
+    path, dataset = Path(path), description.name
     previous = read_json(path) if path.is_file() else None
     if previous is not None and previous.get("dataset") != dataset:
         raise ValueError(f"{path} is the plan of {previous.get('dataset')!r}, not {dataset!r}; give {dataset} its "
                          f"own folder, e.g. --output_dir=./data/fullres_{dataset}/train")
     if (previous is not None and not overwrite and not previous.get("bad_cases")
-            and previous.get("requested_target_spacing") == _check_spacing(target_spacing)
+            and previous.get("description") == description.to_dict()
+            and previous.get("requested_target_spacing")
+            == _check_spacing(description.target_spacing if target_spacing is None else target_spacing)
             and set(previous.get("cases", {})) == {raw.case for raw in raw_cases}):
         print(f"reusing the plan {path} (same cases and settings; --overwrite=True plans again)")
         return previous
-    plans = plan_dataset(raw_cases, dataset, target_spacing, num_processes, skip_bad_cases)
+    plans = plan_dataset(raw_cases, description, target_spacing, num_processes, skip_bad_cases)
     write_json(plans, path)
     return plans

@@ -32,7 +32,8 @@ import numpy as np
 from light_training.io import Geometry, atomic_path, read_json
 from light_training.parallel import map_cases
 from light_training.preprocessing.normalization import foreground_mask, normalize
-from light_training.preprocessing.raw_cases import RawCase, dataset_spec, read_raw_case, validate_case
+from light_training.datasets import load_dataset
+from light_training.preprocessing.raw_cases import RawCase, read_raw_case, validate_case
 from light_training.preprocessing.resampling import anisotropic_axis, resample_channels, resample_label, shape_for_spacing
 
 __all__ = ["nonzero_bounding_box", "case_seed", "preprocess_case",
@@ -101,8 +102,9 @@ def preprocess_case(image: np.ndarray, geometry: Geometry, label: np.ndarray | N
     data = normalize(image, plans["normalization"], plans["intensity_properties"], mask)
     target = plans["target_spacing"]
     new_shape = shape_for_spacing(cropped_shape, geometry.spacing, target)
-    axis = anisotropic_axis(geometry.spacing, target)
-    data = resample_channels(data, new_shape, order=3, axis=axis)
+    resampling = plans["resampling"]
+    axis = anisotropic_axis(geometry.spacing, target, resampling["anisotropy_threshold"])
+    data = resample_channels(data, new_shape, order=resampling["image_order"], axis=axis)
     if mask is not None and tuple(mask.shape) != new_shape:  # the spline spills a little into the background
         data[:, resample_label(mask.astype(np.uint8), new_shape, axis) == 0] = 0
     seg = resample_label(label[region], new_shape, axis) if label is not None else None
@@ -110,6 +112,7 @@ def preprocess_case(image: np.ndarray, geometry: Geometry, label: np.ndarray | N
         "case": case, "geometry": geometry.to_dict(), "crop_box": box, "shape_after_crop": list(cropped_shape),
         "shape_after_resample": list(new_shape), "spacing_after_resample": [float(s) for s in target],
         "channel_names": list(plans["channel_names"]), "plans_hash": plans.get("plans_hash"),
+        "anisotropy_threshold": resampling["anisotropy_threshold"],
         "class_locations": {} if seg is None else sample_class_locations(seg, plans["labels"][1:], case_seed(case)),
     }
     return data, seg, properties
@@ -135,7 +138,8 @@ def restore_to_original(array: np.ndarray, properties: dict[str, Any], is_label:
         raise ValueError(f"{properties.get('case', '')}: expected {kind} with (z, y, x) = {expected}, "
                          f"got shape {array.shape}")
     crop_shape = tuple(properties["shape_after_crop"])
-    axis = anisotropic_axis(geometry.spacing, properties["spacing_after_resample"])  # same pair as the forward way
+    # the same (spacing, target, threshold) as the forward way
+    axis = anisotropic_axis(geometry.spacing, properties["spacing_after_resample"], properties["anisotropy_threshold"])
     region = tuple(slice(lo, hi) for lo, hi in properties["crop_box"])
     if is_label:
         restored = np.zeros(geometry.shape, dtype=np.uint8)
@@ -211,7 +215,7 @@ def _process_one(raw: RawCase, plans: dict[str, Any], output_dir: Path) -> float
     """Read, preprocess and save one case; seconds taken. On any error nothing of the case is left."""
     start = time.perf_counter()
     try:
-        image, geometry, label = read_raw_case(raw, dataset_spec(plans["dataset"]))
+        image, geometry, label = read_raw_case(raw, load_dataset(plans["description"]))
         if label is None:
             raise ValueError("no label file (training data needs labels)")
         data, seg, properties = preprocess_case(image, geometry, label, plans, case=raw.case)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import gzip
+import re
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,36 +12,13 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
+from light_training.datasets import DatasetDescription
 from light_training.io import Geometry, ImageReadError, read_image, read_label
 
-__all__ = ["DatasetSpec", "DATASETS", "dataset_spec", "RawCase", "find_raw_cases", "validate_case", "check_nifti_file",
+__all__ = ["RawCase", "NIFTI_ENDINGS", "layout_path", "find_raw_cases", "validate_case", "check_nifti_file",
            "read_raw_case"]
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What is fixed per dataset: sequences, label values, normalisation scheme."""
-    name: str
-    modality: str  # "CT" or "MRI"
-    channel_names: tuple[str, ...]
-    labels: tuple[int, ...]
-    label_names: tuple[str, ...]
-    normalization: str  # scheme of every channel: "CT" or "ZScore"
-    layout: str  # the raw layout, for error messages
-
-
-DATASETS = {
-    "aiib2023": DatasetSpec("aiib2023", "CT", ("CT",), (0, 1), ("background", "airway"), "CT",
-                            "img/<case>.nii.gz and gt/<case>.nii.gz"),
-    "brats2023": DatasetSpec("brats2023", "MRI", ("t1n", "t1c", "t2w", "t2f"), (0, 1, 2, 3),
-                             ("background", "NCR", "ED", "ET"), "ZScore",
-                             "<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz or <case>/{t1n,t1c,t2w,t2f,seg}.nii.gz"),
-}
-
-
-def dataset_spec(dataset: str) -> DatasetSpec:
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {list(DATASETS)}")
-    return DATASETS[dataset]
+NIFTI_ENDINGS = (".nii.gz", ".nii")  # a case's files are matched by name whatever their NIfTI ending
 
 
 @dataclass
@@ -50,42 +29,72 @@ class RawCase:
     label_file: Path | None = None
 
 
-def _nifti_stem(name: str) -> str | None:
-    for suffix in (".nii.gz", ".nii"):
-        if name.endswith(suffix) and not name.startswith("."):
-            return name[: -len(suffix)]
-    return None
+def _endings(description: DatasetDescription) -> list[str]:
+    ending = description.file_ending
+    return [ending] + [e for e in NIFTI_ENDINGS if e != ending] if ending in NIFTI_ENDINGS else [ending]
 
 
-def _pick(folder: Path, case: str, part: str) -> Path:
-    """``<case>-<part>.nii.gz`` or ``<part>.nii.gz`` (or .nii) in ``folder``; the first name if none exists."""
-    names = [f"{case}-{part}.nii.gz", f"{part}.nii.gz", f"{case}-{part}.nii", f"{part}.nii"]
-    return next((folder / n for n in names if (folder / n).is_file()), folder / names[0])
+def layout_path(pattern: str, case: str, channel_index: int | None, description: DatasetDescription,
+                ext: str | None = None) -> str:
+    """A layout pattern filled in for one case (and channel): ``"img/{case}{ext}"`` -> ``"img/AIIB23_1.nii.gz"``."""
+    channel = description.channel_names[channel_index] if channel_index is not None else ""
+    return pattern.format(case=case, channel=channel, channel_index=f"{channel_index or 0:04d}",
+                          ext=description.file_ending if ext is None else ext)
 
 
-def find_raw_cases(raw_dir: str | Path, dataset: str, with_labels: bool = True) -> list[RawCase]:
-    """The cases of a raw folder (layouts in the module docstring), sorted by case id.
+def _pattern_regex(pattern: str, description: DatasetDescription) -> re.Pattern:
+    """A regex matching the relative paths of channel 0's files; group ``case`` is the case id."""
+    endings = "|".join(re.escape(e) for e in _endings(description))
+    parts, seen_case = [], False
+    for text, name in re.findall(r"([^{]*)(?:{(\w+)})?", pattern):
+        parts.append(re.escape(text))
+        if name == "case":
+            parts.append("(?P=case)" if seen_case else r"(?P<case>[^/.][^/]*?)")
+            seen_case = True
+        elif name == "channel":
+            parts.append(re.escape(description.channel_names[0]))
+        elif name == "channel_index":
+            parts.append("0000")
+        elif name == "ext":
+            parts.append(f"(?:{endings})")
+    return re.compile("".join(parts))
 
-    Files are listed, not read: a missing sequence or label shows up when the case is read.
-    A folder that does not exist raises ``ValueError``; an empty one gives ``[]``.
+
+def _first_existing(raw_dir: Path, patterns: Sequence[str], case: str, channel_index: int | None,
+                    description: DatasetDescription) -> Path:
+    """The first file of ``patterns`` x NIfTI endings that exists; the first candidate when none does."""
+    candidates = [raw_dir / layout_path(p, case, channel_index, description, ext)
+                  for p in patterns for ext in _endings(description)]
+    return next((c for c in candidates if c.is_file()), candidates[0])
+
+
+def find_raw_cases(raw_dir: str | Path, description: DatasetDescription, with_labels: bool = True) -> list[RawCase]:
+    """The cases of a raw folder laid out as ``description.raw_layout`` says, sorted by case id.
+
+    ``with_labels``: training data (``images`` + ``labels`` patterns); else a folder of scans to predict
+    (``unlabeled_images``). A case is found by its first channel's file; the other files are looked
+    up, not read (a missing one is reported when the case is checked). A folder that does not exist
+    raises ``ValueError``; an empty one gives ``[]``.
     """
-    spec, raw_dir = dataset_spec(dataset), Path(raw_dir)
+    raw_dir = Path(raw_dir)
+    patterns = description.raw_layout["images" if with_labels else "unlabeled_images"]
     if not raw_dir.is_dir():
-        raise ValueError(f"{raw_dir}: no such folder (expected {dataset} data laid out as {spec.layout})")
+        raise ValueError(f"{raw_dir}: no such folder (expected {description.name} data laid out as "
+                         f"{' or '.join(patterns)})")
+    found: set[str] = set()
+    for pattern in patterns:
+        regex = _pattern_regex(pattern, description)
+        glob = re.sub(r"\*+", "*", re.sub(r"{\w+}", "*", pattern))
+        for path in raw_dir.glob(glob):
+            match = regex.fullmatch(path.relative_to(raw_dir).as_posix())
+            if match and path.is_file():
+                found.add(match.group("case"))
     cases = []
-    if dataset == "aiib2023":
-        folder = raw_dir / "img" if (with_labels or (raw_dir / "img").is_dir()) else raw_dir
-        if not folder.is_dir():
-            raise ValueError(f"{raw_dir}: no img/ folder (expected {spec.layout})")
-        for path in sorted(folder.iterdir()):
-            if (case := _nifti_stem(path.name)) is not None and path.is_file():
-                cases.append(RawCase(case, [path], raw_dir / "gt" / path.name if with_labels else None))
-    else:
-        for folder in sorted(p for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            files = [_pick(folder, folder.name, channel) for channel in spec.channel_names]
-            if not any(p.is_file() for p in files):  # not a case folder (a missing sequence is reported later)
-                continue
-            cases.append(RawCase(folder.name, files, _pick(folder, folder.name, "seg") if with_labels else None))
+    for case in sorted(found):
+        images = [_first_existing(raw_dir, patterns, case, c, description) for c in range(len(description.channel_names))]
+        label = (_first_existing(raw_dir, description.raw_layout["labels"], case, None, description)
+                 if with_labels else None)
+        cases.append(RawCase(case, images, label))
     return cases
 
 
@@ -110,9 +119,12 @@ def validate_case(image: np.ndarray, label: np.ndarray | None, labels: Sequence[
             raise ValueError(f"label values {unexpected} outside the expected {list(labels)}")
 
 
-def check_nifti_file(path: str | Path) -> None:
+def check_nifti_file(path: str | Path, allow_nonfinite: bool = False) -> np.ndarray | None:
     """Raise ``ImageReadError`` for what SimpleITK reads without complaint: a truncated file (the
     missing voxels become 0) and NaN/Inf values (they become 0 too).
+
+    With ``allow_nonfinite`` NaN/Inf are not an error: the ``(Z, Y, X)`` mask of those voxels (in
+    SimpleITK's array order) is returned instead; None when there are none.
 
     Float files are read once more with nibabel and checked for NaN/Inf; for integer files the size
     is checked instead: for gzip the stored uncompressed size (its last 4 bytes), and only when that
@@ -123,23 +135,25 @@ def check_nifti_file(path: str | Path) -> None:
         nifti = nib.load(str(path))
         expected = int(nifti.dataobj.offset) + int(np.prod(nifti.shape)) * nifti.get_data_dtype().itemsize
     except Exception:  # not a NIfTI file nibabel understands: SimpleITK reports what it cannot read
-        return
+        return None
     if np.issubdtype(nifti.get_data_dtype(), np.floating):
         try:
             values = nifti.dataobj.get_unscaled()
         except Exception as err:  # nibabel's message for a short file varies with the compression
             raise ImageReadError(f"{path}: unreadable or truncated image ({err})") from None
-        bad = values.size - np.count_nonzero(np.isfinite(values))
-        if bad:
+        finite = np.isfinite(values)
+        bad = values.size - np.count_nonzero(finite)
+        if bad and not allow_nonfinite:
             raise ImageReadError(f"{path}: {bad} NaN/Inf voxel(s)")
-        return
+        # nibabel's array is in the file's (x, y, z) order, SimpleITK's the reverse
+        return np.ascontiguousarray(~finite.reshape(finite.shape[:3]).T) if bad else None
     if not path.name.endswith(".gz"):
         size = path.stat().st_size
     else:
         with open(path, "rb") as f:
             f.seek(-4, 2)
             if int.from_bytes(f.read(4), "little") == expected % 2**32:
-                return
+                return None
         size = 0
         try:
             with gzip.open(path, "rb") as f:
@@ -149,27 +163,40 @@ def check_nifti_file(path: str | Path) -> None:
             raise ImageReadError(f"{path}: unreadable or truncated image ({err})") from None
     if size < expected:
         raise ImageReadError(f"{path}: unreadable or truncated image ({size} of {expected} bytes)")
+    return None
 
 
-def read_raw_case(raw: RawCase, spec: DatasetSpec) -> tuple[np.ndarray, Geometry, np.ndarray | None]:
+def read_raw_case(raw: RawCase, description: DatasetDescription,
+                  replace_nonfinite: bool = False) -> tuple[np.ndarray, Geometry, np.ndarray | None]:
     """Read and check a case: image ``(C, Z, Y, X)`` float32, its geometry, label ``(Z, Y, X)`` uint8 or None.
 
     Raises ``ValueError`` / ``ImageReadError`` (missing or unreadable file, sequences or label on
-    another grid, NaN/Inf, unexpected label values, empty image).
+    another grid, NaN/Inf, unexpected label values, empty image). With ``replace_nonfinite`` NaN/Inf
+    voxels of an image become the smallest finite value of their sequence, with a ``UserWarning``
+    naming the file (prediction may opt in; training data never does).
     """
-    names = spec.channel_names
+    names = description.channel_names
+    if len(raw.image_files) != len(names):
+        raise ValueError(f"{len(raw.image_files)} image file(s) but {description.name} has {len(names)} "
+                         f"channel(s) {list(names)}")
     for channel, path in zip(names, raw.image_files):
         if not Path(path).is_file():
-            path = Path(path)
-            if len(names) > 1:
-                raise ValueError(f"missing sequence {channel}: neither {path.name} nor {channel}.nii.gz "
-                                 f"in {path.parent}")
-            raise ValueError(f"missing image: {path} not found")
+            what = f"sequence {channel}" if len(names) > 1 else "image"
+            raise ValueError(f"missing {what}: {path} not found (layout: {' or '.join(description.raw_layout['images'])})")
     if raw.label_file is not None and not Path(raw.label_file).is_file():
         raise ValueError(f"missing label: {raw.label_file} not found")
-    for path in [*raw.image_files, *([raw.label_file] if raw.label_file is not None else [])]:
-        check_nifti_file(path)
+    masks = [check_nifti_file(path, allow_nonfinite=replace_nonfinite) for path in raw.image_files]
+    if raw.label_file is not None:
+        check_nifti_file(raw.label_file)
     image, geometry = read_image(raw.image_files)
+    for c, (path, mask) in enumerate(zip(raw.image_files, masks)):
+        if mask is None:
+            continue
+        if mask.shape != image.shape[1:] or mask.all():
+            raise ImageReadError(f"{path}: {int(mask.sum())} NaN/Inf voxel(s) and no finite value to replace them with")
+        image[c][mask] = image[c][~mask].min()
+        warnings.warn(f"{path}: {int(mask.sum())} NaN/Inf voxel(s) replaced by the scan's minimum "
+                      f"{image[c][~mask].min():g}", UserWarning, stacklevel=2)
     label = read_label(raw.label_file, geometry)[0] if raw.label_file is not None else None
-    validate_case(image, label, spec.labels, names)
+    validate_case(image, label, description.label_values, names)
     return image, geometry, label

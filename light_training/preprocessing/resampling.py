@@ -31,22 +31,24 @@ def shape_for_spacing(shape: Sequence[int], spacing: Sequence[float],
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, new_spacing))
 
 
-def _coarse_axis(spacing: Sequence[float]) -> int | None:
+def _coarse_axis(spacing: Sequence[float], threshold: float) -> int | None:
     spacing = np.asarray(spacing, dtype=np.float64)
-    if spacing.max() / spacing.min() <= ANISOTROPY_THRESHOLD:
+    if spacing.max() / spacing.min() <= threshold:
         return None
     coarse = np.flatnonzero(np.isclose(spacing, spacing.max(), rtol=1e-3))
     return int(coarse[0]) if len(coarse) == 1 else None  # two coarse axes: no single slice axis
 
 
-def anisotropic_axis(spacing: Sequence[float], new_spacing: Sequence[float]) -> int | None:
+def anisotropic_axis(spacing: Sequence[float], new_spacing: Sequence[float],
+                     threshold: float = ANISOTROPY_THRESHOLD) -> int | None:
     """The axis to resample separately with nearest neighbour, or None (ordinary 3-D interpolation).
 
-    Call it with the same (original, target) pair in both directions so that a mapping and its
+    ``threshold``: the plan's ``resampling.anisotropy_threshold``. Call it with the same (original,
+    target) pair and threshold in both directions so that a mapping and its
     inverse treat the same axis alike.
     """
-    axis = _coarse_axis(spacing)
-    return axis if axis is not None else _coarse_axis(new_spacing)
+    axis = _coarse_axis(spacing, threshold)
+    return axis if axis is not None else _coarse_axis(new_spacing, threshold)
 
 
 def _zoom(volume: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarray:

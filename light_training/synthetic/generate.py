@@ -22,19 +22,22 @@ import numpy as np
 import SimpleITK as sitk
 
 from light_training.config import parse_value
-from light_training.io import Geometry, write_volume
+from light_training.datasets import DatasetDescription, load_dataset
+from light_training.io import Geometry, write_json, write_volume
+from light_training.preprocessing.raw_cases import layout_path
 from light_training.synthetic.ct import synthesize_ct
 from light_training.synthetic.mri import SEQUENCES, synthesize_mri
 
-__all__ = ["AIIB_FOLDER", "BRATS_FOLDER", "DEFAULT_SHAPE_AIIB", "DEFAULT_SHAPE_BRATS", "generate_aiib2023",
-           "generate_brats2023", "case_rng", "main"]
+__all__ = ["AIIB_FOLDER", "BRATS_FOLDER", "EXAMPLE_FOLDER", "DEFAULT_SHAPE_AIIB", "DEFAULT_SHAPE_BRATS",
+           "generate_aiib2023", "generate_brats2023", "generate_example", "example_description", "write_case",
+           "case_rng", "main"]
 
 AIIB_FOLDER = "AIIB23_Train_T1"
 BRATS_FOLDER = "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData"
 DEFAULT_SHAPE_AIIB = (96, 112, 112)  # (z, y, x); each case varies it by up to 8 voxels per axis
 DEFAULT_SHAPE_BRATS = (64, 80, 72)  # (z, y, x); the real files are (155, 240, 240)
 MIN_SIDE = 16  # smallest volume side that still holds the anatomy
-_DATASET_KEY = {"aiib2023": 0, "brats2023": 1}
+_DATASET_KEY = {"aiib2023": 0, "brats2023": 1, "example": 2}
 # orientations of the AIIB cases stored with a non-identity direction (every third case, index 1, 4, ...)
 _ORIENTATIONS = ("RAS", "LPI", "tilt")
 
@@ -90,6 +93,18 @@ def _aiib_case(seed: int, index: int, shape: tuple[int, int, int] | None
     return image, label, geometry
 
 
+def write_case(root: Path, description: DatasetDescription, case: str, images: Sequence[np.ndarray],
+               label: np.ndarray | None, geometry: Geometry, labelled: bool = True) -> None:
+    """Write one case's channels ``[(Z, Y, X), ...]`` and label where the description's raw layout puts
+    them (its first naming; ``labelled=False``: the layout for scans to predict)."""
+    layout = description.raw_layout
+    patterns = layout["images"] if labelled else layout["unlabeled_images"]
+    for c, image in enumerate(images):
+        write_volume(image, geometry, root / layout_path(patterns[0], case, c, description))
+    if label is not None:
+        write_volume(label, geometry, root / layout_path(layout["labels"][0], case, None, description))
+
+
 def generate_aiib2023(out_dir: str | Path, num_cases: int = 12, seed: int = 0,
                       shape: Sequence[int] | None = None, verbose: bool = False) -> list[str]:
     """Write synthetic chest CTs as ``out_dir/AIIB23_Train_T1/{img,gt}/AIIB23_<n>.nii.gz``, n = 1..num_cases.
@@ -108,8 +123,7 @@ def generate_aiib2023(out_dir: str | Path, num_cases: int = 12, seed: int = 0,
         start = time.time()
         case = f"AIIB23_{index + 1}"
         image, label, geometry = _aiib_case(int(seed), index, shape)
-        write_volume(image, geometry, root / "img" / f"{case}.nii.gz")
-        write_volume(label, geometry, root / "gt" / f"{case}.nii.gz")
+        write_case(root, load_dataset("aiib2023"), case, [image], label, geometry)
         cases.append(case)
         if verbose:
             print(f"{case}: shape {geometry.shape}, spacing {geometry.spacing}, "
@@ -139,12 +153,11 @@ def generate_brats2023(out_dir: str | Path, num_cases: int = 12, seed: int = 0,
         start = time.time()
         case = f"BraTS-GLI-{index:05d}-000"
         images, label, lesions = synthesize_mri(case_rng(int(seed), "brats2023", index), shape, index)
-        folder = root / case
-        for name in (*SEQUENCES, "seg"):
-            (folder / f"{name}.nii.gz").unlink(missing_ok=True)
-        for sequence in SEQUENCES:
-            write_volume(images[sequence], geometry, folder / f"{case}-{sequence}.nii.gz")
-        write_volume(label, geometry, folder / f"{case}-seg.nii.gz")
+        description = load_dataset("brats2023")
+        for pattern in (*description.raw_layout["images"][1:], *description.raw_layout["labels"][1:]):
+            for c in range(len(SEQUENCES)):
+                (root / layout_path(pattern, case, c, description)).unlink(missing_ok=True)
+        write_case(root, description, case, [images[s] for s in description.channel_names], label, geometry)
         cases.append(case)
         if verbose:
             counts = ", ".join(f"{name} {int((label == value).sum())}"
@@ -153,9 +166,51 @@ def generate_brats2023(out_dir: str | Path, num_cases: int = 12, seed: int = 0,
     return cases
 
 
-_GENERATORS = {"aiib2023": generate_aiib2023, "brats2023": generate_brats2023}
+EXAMPLE_FOLDER = "Dataset001_Example"
+DEFAULT_SHAPE_EXAMPLE = (20, 64, 56)  # (z, y, x) at 4 x 1 x 1 mm: thick slices, as many clinical MRIs
+EXAMPLE_SPACING = (4.0, 1.0, 1.0)  # thick slices: max/min spacing 4 > 3, so resampling takes the anisotropic path
+
+
+def example_description(num_training: int) -> dict[str, Any]:
+    """The ``dataset.json`` of the synthetic example of a user's own dataset (nnU-Net's fields only,
+    plus ``name``: the layout, normalisation, spacing and metrics are nnU-Net's / ours by default)."""
+    return {"name": EXAMPLE_FOLDER, "channel_names": {"0": "T1c", "1": "FLAIR"},
+            "labels": {"background": 0, "necrosis": 1, "edema": 2, "enhancing": 3, "tumor": [1, 2, 3]},
+            "numTraining": int(num_training), "file_ending": ".nii.gz"}
+
+
+def generate_example(out_dir: str | Path, num_cases: int = 8, seed: int = 0, shape: Sequence[int] | None = None,
+                     num_test: int = 2, verbose: bool = False) -> list[str]:
+    """A user's own dataset in nnU-Net's raw layout: ``out_dir/Dataset001_Example/{imagesTr,labelsTr,imagesTs}``
+    and ``dataset.json`` (two MRI channels, labels 1-3 and the region "tumor" = {1, 2, 3}, 4 x 1 x 1 mm).
+
+    Cases ``case_000``.. (``num_cases`` labelled) and ``test_000``.. (``num_test`` without labels, in
+    ``imagesTs``). Returns the labelled case ids.
+    """
+    shape = _check_arguments(num_cases, seed, shape) or DEFAULT_SHAPE_EXAMPLE
+    root = Path(out_dir) / EXAMPLE_FOLDER
+    data = example_description(num_cases)
+    description = load_dataset(data)
+    geometry = Geometry(EXAMPLE_SPACING, (-30.0, -20.0, 12.5), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), shape)
+    cases = []
+    for index in range(int(num_cases) + int(num_test)):
+        labelled = index < num_cases
+        case = f"case_{index:03d}" if labelled else f"test_{index - num_cases:03d}"
+        images, label, _ = synthesize_mri(case_rng(int(seed), "example", index), shape, index)
+        write_case(root, description, case, [images["t1c"], images["t2f"]], label if labelled else None, geometry,
+                   labelled=labelled)
+        if labelled:
+            cases.append(case)
+        if verbose:
+            print(f"{case}: {int((label > 0).sum())} tumour voxels", flush=True)
+    write_json(data, root / "dataset.json")
+    return cases
+
+
+_GENERATORS = {"aiib2023": generate_aiib2023, "brats2023": generate_brats2023, "example": generate_example}
+_FOLDERS = {"aiib2023": AIIB_FOLDER, "brats2023": BRATS_FOLDER, "example": EXAMPLE_FOLDER}
 _OPTIONS = {  # name: (default, help)
-    "dataset": ("aiib2023", "aiib2023 (chest CT, airway) or brats2023 (brain MRI, glioma)"),
+    "dataset": ("aiib2023", "aiib2023 (chest CT, airway), brats2023 (brain MRI, glioma) or example (nnU-Net layout)"),
     "num_cases": (12, "number of cases"),
     "out": ("./data/raw_data", "output folder; the dataset's own folder is made inside it"),
     "seed": (0, "same seed, byte-identical arrays"),
@@ -193,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         cases = generate(values["out"], values["num_cases"], values["seed"], values["shape"], verbose=True)
     except ValueError as err:
         raise SystemExit(f"light_training.synthetic: {err}") from None
-    folder = Path(values["out"]) / (AIIB_FOLDER if values["dataset"] == "aiib2023" else BRATS_FOLDER)
+    folder = Path(values["out"]) / _FOLDERS[values["dataset"]]
     print(f"wrote {len(cases)} {values['dataset']} cases to {folder} in {time.time() - start:.1f} s")
     return cases
 

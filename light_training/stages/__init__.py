@@ -1,0 +1,50 @@
+"""The layer the numbered scripts call: one entry function per stage, taking the script's constants.
+
+A numbered script is its docstring, its constants and one line::
+
+    run(train, globals())
+
+:func:`run` applies the ``--name=value`` overrides, calls the stage with the resolved constants, and
+turns the exceptions that bad input raises (``ValueError`` and its kin, :class:`StageFailed`) into an
+exit message naming the script. Everything below this layer raises exceptions; only here do they
+become exit codes. Each stage writes the constants it ran with next to its outputs
+(:func:`write_config`).
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from light_training.config import apply_overrides
+from light_training.io import write_json
+
+__all__ = ["Stage", "StageFailed", "run", "write_config"]
+
+Stage = Callable[[dict[str, Any], str], Any]
+
+
+class StageFailed(RuntimeError):
+    """A stage could not finish; the message says why and what was kept."""
+
+
+def write_config(config: dict[str, Any], script: str, folder: str | Path) -> Path:
+    """Write the resolved constants as ``<folder>/<script stem>_config.json`` (atomically)."""
+    path = Path(folder) / f"{Path(script).stem}_config.json"
+    write_json(config, path)
+    return path
+
+
+def run(stage: Stage, namespace: dict[str, Any], argv: list[str] | None = None) -> Any:
+    """Apply the overrides to the script's constants (``namespace`` is its ``globals()``) and run ``stage``.
+
+    Bad input ends the process with ``<script>: <what was wrong>`` and exit code 1; a bug keeps its
+    traceback.
+    """
+    config = apply_overrides(namespace, argv)
+    script = Path(namespace["__file__"]).name
+    try:
+        return stage(config, script)
+    except (ValueError, StageFailed) as err:
+        print(f"{script}: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

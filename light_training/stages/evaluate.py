@@ -1,0 +1,76 @@
+"""The metrics stage: score a folder of predictions with the metric set of the dataset's description."""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from light_training.datasets import DatasetDescription, load_dataset
+from light_training.preprocessing.raw_cases import find_raw_cases
+from light_training.stages import write_config
+
+__all__ = ["metric_for", "evaluate"]
+
+
+def metric_for(description: DatasetDescription) -> tuple[Callable, tuple[str, ...], list[list[str]]]:
+    """``(case metric, its columns, column groups to print as one table each)`` of a description."""
+    regions = description.evaluation_regions()
+    if description.metrics == "aiib2023":
+        from light_training.evaluation.metrics_aiib import AIIB_COLUMNS, aiib_case_metrics
+        return aiib_case_metrics, tuple(AIIB_COLUMNS), [list(AIIB_COLUMNS)]
+    if description.metrics == "brats2023":
+        from light_training.evaluation.metrics_brats import brats_case_metrics, brats_columns
+        columns = brats_columns(regions)
+        return partial(brats_case_metrics, regions=regions), columns, _groups(columns, regions)
+    from light_training.evaluation.metrics_regions import region_case_metrics, region_columns
+    columns = region_columns(regions)
+    return partial(region_case_metrics, regions=regions), columns, _groups(columns, regions)
+
+
+def _groups(columns: Sequence[str], regions: dict[str, list[int]]) -> list[list[str]]:
+    prefixes = [name.replace(" ", "_") + "_" for name in regions]
+    return [[c for c in columns if c.startswith(p)] for p in prefixes]
+
+
+def evaluate(config: dict[str, Any], script: str) -> Any:
+    """Score ``<results_dir>/<pred>/`` (or ``pred_dir``) against the ground truths of ``raw_dir`` (or ``gt_dir``).
+
+    Writes ``<output_dir>/<pred>.csv``, ``<pred>_summary.json`` and ``<pred>_config.json``; prints one
+    table per region and the cases that could not be scored with the reason.
+    """
+    from light_training.evaluation.scoring import evaluate_folder, format_table, format_unscored, nifti_cases
+    from light_training.evaluation.uncertainty import UNCERTAINTY_COLUMNS, uncertainty_extra
+
+    c = config
+    description = load_dataset(c["dataset"])
+    if c["pred_dir"] is None:
+        pred_dir, name = Path(c["results_dir"]) / str(c["pred"]), str(c["pred"])
+    else:
+        pred_dir = Path(str(c["pred_dir"]))
+        name = pred_dir.resolve().name
+    if not pred_dir.is_dir():
+        raise ValueError(f"{pred_dir}: no such folder of predictions (run the prediction script first, or give "
+                         f"--pred_dir)")
+    if c["gt_dir"] is not None:
+        gt_source, ground_truths = Path(str(c["gt_dir"])), nifti_cases(str(c["gt_dir"]))
+    else:
+        gt_source = Path(c["raw_dir"])
+        ground_truths = {raw.case: raw.label_file for raw in find_raw_cases(gt_source, description)
+                         if raw.label_file is not None and raw.label_file.is_file()}
+    if not ground_truths:
+        raise ValueError(f"{gt_source}: no ground truth found (give --raw_dir or --gt_dir)")
+    case_metric, columns, groups = metric_for(description)
+    result = evaluate_folder(nifti_cases(pred_dir), ground_truths, case_metric, columns, c["output_dir"], name,
+                             c["missing_predictions"], c["num_processes"], c["strict"],
+                             extra_metric=uncertainty_extra, extra_columns=UNCERTAINTY_COLUMNS)
+    write_config(c, script, c["output_dir"])
+    print(f"\n{description.name} metrics ({description.metrics}) of {pred_dir} against {gt_source} "
+          f"({len(result.rows)} cases scored)")
+    has_uncertainty = any(row.get(UNCERTAINTY_COLUMNS[0]) is not None for row in result.rows)
+    for group in groups + ([list(UNCERTAINTY_COLUMNS)] if has_uncertainty else []):
+        print()
+        print(format_table(result.rows, group, result.summary))
+    if result.unscored:
+        print(f"\n{format_unscored(result.unscored)}")
+    print(f"wrote {result.csv_path} and {result.summary_path}")
+    return result

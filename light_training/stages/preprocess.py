@@ -1,0 +1,87 @@
+"""Preprocessing stages: rename raw files to a dataset's other layout, and plan + preprocess a raw dataset."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from light_training.datasets import load_dataset
+from light_training.preprocessing.planning import plans_path, prepare_plans
+from light_training.preprocessing.preprocess import preprocess_dataset
+from light_training.preprocessing.raw_cases import find_raw_cases, layout_path
+from light_training.stages import write_config
+
+__all__ = ["preprocess", "rename"]
+
+
+def preprocess(config: dict[str, Any], script: str) -> None:
+    """Plan the raw dataset and preprocess every case.
+
+    Constants: ``dataset``, ``raw_dir``, ``output_dir`` (the plan goes to its parent), ``target_spacing``
+    (None: the description's; ``[]``: the median), ``num_processes``, ``overwrite``, ``skip_bad_cases``.
+    """
+    description = load_dataset(config["dataset"])
+    raw_dir, output_dir = Path(config["raw_dir"]), Path(config["output_dir"])
+    raw_cases = find_raw_cases(raw_dir, description)
+    if not raw_cases:
+        raise ValueError(f"{raw_dir}: no {description.name} case found (expected "
+                         f"{' or '.join(description.raw_layout['images'])})")
+    plans = prepare_plans(plans_path(output_dir), raw_cases, description, config["target_spacing"],
+                          config["num_processes"], config["overwrite"], config["skip_bad_cases"])
+    print(f"plan: {plans_path(output_dir)} ({description.name}, target spacing {plans['target_spacing']}, "
+          f"{plans['num_cases']} cases)")
+    empty = [case for case, fingerprint in plans["cases"].items() if not any(fingerprint["label_values"])]
+    for case in empty:
+        print(f"warning: {case}: its label has no foreground voxel; it is preprocessed, validation leaves it "
+              f"out of the pseudo Dice, and the metrics list it as unscorable")
+    summary = preprocess_dataset(raw_cases, plans, output_dir, config["num_processes"], config["overwrite"],
+                                 config["skip_bad_cases"])
+    write_config(config, script, output_dir)
+    print(summary.report())
+
+
+def rename(config: dict[str, Any], script: str) -> None:
+    """Rename every case's files from the first pattern of the dataset's raw layout to the last one
+    (BraTS: ``<case>/<case>-t1n.nii.gz`` -> ``<case>/t1n.nii.gz``, as the original release does).
+
+    Optional: preprocessing reads both. Running it twice is harmless. A case folder that holds both
+    names of one file is an error naming it, found before anything is renamed. Constants: ``dataset``,
+    ``data_dir``.
+    """
+    description = load_dataset(config["dataset"])
+    root = Path(config["data_dir"])
+    layout = description.raw_layout
+    if len(layout["images"]) < 2 or len(layout["labels"]) < 2:
+        raise ValueError(f"{description.name}'s raw layout has one naming only: nothing to rename")
+    if not root.is_dir():
+        raise ValueError(f"{root}: no such folder (expected {description.name} cases laid out as "
+                         f"{layout['images'][0]})")
+    cases = find_raw_cases(root, description)
+    if not cases:
+        raise ValueError(f"{root}: no {description.name} case found")
+    renames, already, missing, clashes = [], 0, [], []
+    files = [("images", c) for c in range(len(description.channel_names))] + [("labels", None)]
+    for raw in cases:
+        for kind, channel in files:
+            ext = next((e for e in (".nii.gz", ".nii") if (root / layout_path(layout[kind][0], raw.case, channel,
+                                                                              description, e)).exists()),
+                       description.file_ending)
+            old = root / layout_path(layout[kind][0], raw.case, channel, description, ext)
+            new = root / layout_path(layout[kind][-1], raw.case, channel, description, ext)
+            if old.exists() and new.exists():
+                clashes.append(f"{old.parent}: holds both {old.name} and {new.name}")
+            elif old.exists():
+                renames.append((old, new))
+            elif new.exists():
+                already += 1
+            else:
+                missing.append(f"{raw.case}: {description.channel_names[channel] if channel is not None else 'label'}")
+    if clashes:
+        raise ValueError("nothing renamed; remove one file of each pair:\n  " + "\n  ".join(clashes))
+    for old, new in renames:
+        new.parent.mkdir(parents=True, exist_ok=True)
+        old.rename(new)
+    write_config(config, script, root)
+    print(f"{len(cases)} case(s) in {root}: {len(renames)} file(s) renamed, {already} already renamed, "
+          f"{len(missing)} missing")
+    if missing:
+        print("missing: " + ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else ""))

@@ -1,0 +1,90 @@
+"""The training stage: the network of the plan's dataset, trained on one fold of the preprocessed cases."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from light_training.checkpoint import archive_previous_run
+from light_training.io import read_json
+from light_training.preprocessing.planning import plans_path
+from light_training.runtime import cleanup_distributed, resolve_device, seed_everything, set_cpu_threads, setup_distributed
+from light_training.stages import StageFailed, write_config
+from light_training.training.augmentation import make_training_stream
+from light_training.training.dataloading import ValidationPatches
+from light_training.training.splits import fold_cases
+from light_training.training.trainer import Trainer, TrainingStopped, TrainSettings
+
+__all__ = ["load_plans", "build_training_network", "train"]
+
+
+def load_plans(data_dir: str | Path, dataset: str) -> dict[str, Any]:
+    """The plan of the preprocessed cases in ``data_dir``; ``ValueError`` when it is missing or of another dataset."""
+    from light_training.datasets import load_dataset
+
+    path = plans_path(data_dir)
+    if not path.is_file():
+        raise ValueError(f"{path} not found: run the preprocessing script of this chain first, or point "
+                         f"--data_dir at its output")
+    plans = read_json(path)
+    expected = load_dataset(dataset).name
+    if plans.get("dataset") != expected:
+        raise ValueError(f"{path} is a {plans.get('dataset')!r} plan, this script works on {expected!r}")
+    return plans
+
+
+def build_training_network(config: dict[str, Any], plans: dict[str, Any]):
+    """The network the constants ask for (``model_variant``, ``model_preset`` and the model options)."""
+    from diffunet import build_network
+
+    return build_network(config["model_variant"], len(plans["channel_names"]), plans["num_classes"],
+                         preset=config["model_preset"], mba=config["mba"], mc_diff=config["mc_diff"],
+                         boundary_target=config["boundary_target"])
+
+
+def train(config: dict[str, Any], script: str) -> dict[str, Any]:
+    """Train on fold ``fold`` of ``data_dir`` into ``logdir`` (single process or one rank of torchrun).
+
+    Writes ``<logdir>/model/{latest,best,final}.pt``, tensorboard events, ``progress.png`` and the
+    resolved constants. A fresh run moves an earlier run in ``logdir`` to ``previous_runs/``.
+    """
+    c = config
+    set_cpu_threads(c["num_threads"])
+    dist, device = setup_distributed(resolve_device(c["device"]))
+    seed_everything(c["seed"])  # the same initial weights on every rank (DDP also broadcasts rank 0's)
+    stream = None
+    try:
+        plans = load_plans(c["data_dir"], c["dataset"])
+        model = build_training_network(c, plans)
+        model.check_patch_size(c["patch_size"])
+        if not dist.is_main:
+            dist.barrier()  # rank 0 writes splits.json first
+        train_cases, val_cases = fold_cases(c["data_dir"], c["fold"], c["test_cases"] or None)
+        if dist.is_main:
+            dist.barrier()
+            if not c["resume"] and (moved := archive_previous_run(c["logdir"])) is not None:
+                print(f"note: {c['logdir']} held an earlier run, moved to {moved} (use --resume=True to continue)")
+            write_config(c, script, c["logdir"])
+        dist.barrier()
+        settings = TrainSettings(max_epoch=c["max_epoch"], num_iterations_per_epoch=c["num_iterations_per_epoch"],
+                                 batch_size=c["batch_size"], val_every=c["val_every"], lr=c["lr"],
+                                 precision=c["precision"], seed=c["seed"])
+        trainer = Trainer(model, settings, c["logdir"], plans, c, device, dist)
+        if c["resume"]:
+            trainer.resume()
+        stream = make_training_stream(c["data_dir"], train_cases, c["patch_size"], c["batch_size"], c["augmentation"],
+                                      c["num_workers"], seed=[c["seed"], dist.rank, trainer.start_epoch])
+        validation = ValidationPatches(c["data_dir"], val_cases, c["patch_size"], c["num_val_patches"], c["seed"])
+        if dist.is_main:
+            print(f"fold {c['fold']}: {len(train_cases)} training cases, {len(val_cases)} validation cases; "
+                  f"{c['model_variant']} ({c['model_preset']}) on {device} x {dist.world_size}, precision "
+                  f"{c['precision']}; epochs {trainer.start_epoch + 1}..{c['max_epoch']}")
+        result = trainer.fit(stream, validation)
+    except TrainingStopped as err:
+        raise StageFailed(str(err)) from None
+    finally:
+        if stream is not None:
+            stream.close()
+        cleanup_distributed()
+    if dist.is_main:
+        print(f"done: best pseudo Dice {result['best_dice']:.4f}; checkpoints in {Path(c['logdir']) / 'model'}")
+    return result

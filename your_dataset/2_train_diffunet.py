@@ -1,0 +1,45 @@
+"""Train Diff-UNet on the preprocessed cases of your own dataset (nnU-Net's raw layout + dataset.json).
+
+Writes <logdir>/model/{latest,best,final}.pt (self-describing checkpoints), tensorboard events and
+progress.png in <logdir>, and the constants it ran with. A killed run continues with --resume=True;
+starting again without it moves the earlier run's files to <logdir>/previous_runs/.
+
+Examples:
+    python your_dataset/2_train_diffunet.py
+    torchrun --nproc_per_node=4 your_dataset/2_train_diffunet.py --resume=True     # 4 GPUs, batch_size per GPU
+    python your_dataset/2_train_diffunet.py --device=cpu --model_preset=tiny --patch_size=[48,48,48] --max_epoch=2 --num_iterations_per_epoch=10 --num_workers=1   # on CPU
+    python your_dataset/2_train_diffunet.py --model_variant=unet --logdir=./logs/unet   # the plain U-Net baseline (ablation)
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from light_training.stages import run  # noqa: E402
+from light_training.stages.train import train  # noqa: E402
+
+dataset = "./data/raw_data/Dataset001_Example/dataset.json"  # must match the plan in data_dir's parent
+data_dir = "./data/Dataset001_Example/fullres/train"  # preprocessed cases (the preprocessing script's output_dir); plans.json in its parent
+logdir = "./logs/Dataset001_Example"  # checkpoints in <logdir>/model/, tensorboard events and progress.png
+max_epoch = 1000  # epochs of num_iterations_per_epoch steps
+batch_size = 2  # patches per step (per GPU under torchrun)
+val_every = 2  # validate (sampling on foreground patches of the held-out fold) every this many epochs
+device = "cuda:0"  # falls back to the CPU when CUDA is absent; under torchrun each rank takes cuda:LOCAL_RANK
+patch_size = [128, 128, 128]  # training patch (z, y, x); must suit the model (divisible by 32 for "paper")
+augmentation = True  # nnU-Net's augmentation recipe; False: plain patches
+model_preset = "paper"  # "paper" (the published network) or "tiny" (CPU tests and demos)
+model_variant = "diffunet"  # "diffunet", or "unet": the same denoiser U-Net fed only the image, DC+CE (baseline)
+mba = True  # multi-granularity boundary aggregation (ablation: False)
+mc_diff = True  # Monte-Carlo uncertainty weighting of the segmentation loss (ablation: False)
+boundary_target = "boundary"  # what the boundary branch learns: "boundary" (paper) or "segmentation" (release)
+num_iterations_per_epoch = 250  # training steps per epoch
+num_workers = 8  # loading + augmentation processes (per GPU); 0: in this process
+fold = 0  # cross-validation fold 0-4 (splits.json next to plans.json); its validation cases are held out
+test_cases = []  # cases kept out of every fold (the original's fixed test list); [] for none
+resume = False  # True: continue <logdir>/model/latest.pt (epoch, LR schedule, optimizer, best Dice)
+seed = 0  # seeds weights, patches, augmentation and diffusion noise
+lr = 1e-2  # initial learning rate of SGD (Nesterov, momentum 0.99), poly decay to 0 at max_epoch
+num_val_patches = 50  # validation patches (fixed, foreground-centred) for the pseudo Dice
+precision = "auto"  # "auto" (bf16 where the hardware has it, fp16 on older GPUs), "fp32", "bf16" or "fp16"
+num_threads = None  # CPU threads of torch; None: torch's default (fewer than the cores keep a busy machine steady)
+
+run(train, globals())
