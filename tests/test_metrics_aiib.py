@@ -1,10 +1,32 @@
 """AIIB2023 metrics on hand-built airways whose values are worked out in the comments."""
+import json
 import math
 
+import nibabel as nib
 import numpy as np
 import pytest
 
 from light_training.evaluation.metrics_aiib import AIIB_COLUMNS, aiib_case_metrics, airway_skeleton, parse_branches
+from light_training.evaluation.scoring import evaluate_folder, nifti_cases
+from light_training.io import Geometry, read_label, write_volume
+
+# Files as other tools write them: SimpleITK (this project's writer, on an LPS grid and on a RAS-like one with
+# x and y flipped) and nibabel (RAS and LPS affines). The nibabel writers take the array in the file's
+# (x, y, z) voxel order, SimpleITK's in (z, y, x) order.
+SITK_GRIDS = {"sitk_lps": (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0),
+              "sitk_ras": (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)}
+NIBABEL_AFFINES = {"nibabel_ras": np.diag([0.8, 0.7, 0.5, 1.0]), "nibabel_lps": np.diag([-0.8, -0.7, 0.5, 1.0])}
+WRITERS = [*SITK_GRIDS, *NIBABEL_AFFINES]
+
+
+def write_zyx(array_zyx: np.ndarray, path, writer: str) -> None:
+    """Write a (Z, Y, X) array so that SimpleITK reads it back as (Z, Y, X) (nibabel: its transpose)."""
+    if writer in SITK_GRIDS:
+        geometry = Geometry((0.5, 0.7, 0.8), (-12.0, 30.5, 7.25), SITK_GRIDS[writer], array_zyx.shape)
+        write_volume(array_zyx, geometry, path)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(array_zyx.T), NIBABEL_AFFINES[writer]), str(path))
 
 
 def tube() -> np.ndarray:
@@ -147,7 +169,85 @@ def test_ground_truth_without_branches_gives_nan_dbr():
 
 
 def test_bad_input_is_an_error():
-    with pytest.raises(ValueError, match="ground truth is empty"):
+    with pytest.raises(ValueError, match="empty ground truth"):
         aiib_case_metrics(tube(), np.zeros_like(tube()))
     with pytest.raises(ValueError, match="shape"):
         aiib_case_metrics(tube()[:, :, :-1], tube())
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("extension", [".nii", ".nii.gz"])
+def test_nibabel_reads_the_simpleitk_array_transposed(tmp_path, writer, extension):
+    # The equality the scoring path relies on: nibabel's get_fdata() (the official scorer's reader) is the
+    # (Z, Y, X) array SimpleITK reads with its axes reversed, whoever wrote the file and in whichever
+    # orientation (neither library reorders voxels). An array with no symmetry, odd sizes.
+    array = np.random.default_rng(3).integers(0, 5, size=(5, 6, 7)).astype(np.uint8)
+    path = tmp_path / f"case{extension}"
+    write_zyx(array, path, writer)
+    read_by_simpleitk, _ = read_label(path)
+    read_by_nibabel = nib.load(str(path)).get_fdata()
+    np.testing.assert_array_equal(read_by_simpleitk, array)
+    np.testing.assert_array_equal(read_by_nibabel, array.T)
+    np.testing.assert_array_equal(read_by_simpleitk.T, read_by_nibabel)
+
+
+def thick_tree() -> np.ndarray:
+    """A (Z, Y, X) = (24, 22, 20) airway with branches 3x3 voxels across (396 voxels): a trunk along z
+    (z 2..15), two arms along y at its top (z 14..16, y 2..19), a branch along x from the end of one arm
+    (y 2..4, x 8..17) and one along x from the lower trunk (z 5..7, x 10..17)."""
+    volume = np.zeros((24, 22, 20), dtype=np.uint8)
+    volume[2:16, 9:12, 8:11] = 1
+    volume[14:17, 2:20, 8:11] = 1
+    volume[14:17, 2:5, 8:18] = 1
+    volume[5:8, 9:12, 10:18] = 1
+    return volume
+
+
+def thick_tree_prediction() -> np.ndarray:
+    """The tree with the bottom of the trunk cut off (z 2..4, y 9..10, x 8..10: 18 voxels): 378 voxels."""
+    prediction = thick_tree()
+    prediction[2:5, 8:11, 8:11] = 0
+    return prediction
+
+
+def test_the_axis_order_changes_the_lee_skeleton():
+    # Lee thinning of the same tree in the two axis orders: 40 skeleton voxels in (Z, Y, X) order, 41 in the
+    # file's (X, Y, Z) order. If the two were equal, the next test could not tell the orders apart.
+    gt = thick_tree()
+    in_zyx, in_xyz = airway_skeleton(gt), airway_skeleton(gt.T).T
+    assert np.count_nonzero(in_zyx) == 40 and np.count_nonzero(in_xyz) == 41
+    assert np.count_nonzero(in_zyx != in_xyz) == 3
+
+
+# The official AIIB2023 scorer (ayanglab/AIIB, "scoring metrics/task1.py" evaluation_branch_metrics, with the
+# files read by nib.load(f).get_fdata(), skimage 0.26's Lee skeletonize standing in for skeletonize_3d) run on
+# the files of the next test, every writer and extension: IoU 0.954545, DLR 0.95122, DBR 1.0, precision 1.0,
+# leakages 0.0. Worked out: IoU = 378 / 396, precision = 1, leakages = 0 in both orders. In the file's order
+# the skeleton has 41 voxels, 2 of them cut off: DLR = 39 / 41; its four branches keep 14/14, 9/9, 8/8 and
+# 8/10 of their skeleton voxels: all reach 80 %, DBR = 4 / 4. In (Z, Y, X) order the skeleton has 40
+# voxels, 3 of them cut off (DLR 37 / 40), and the trunk's branch keeps 7 of 10 (70 %): DBR 3 / 4.
+OFFICIAL = {"IoU": 378 / 396, "DLR": 39 / 41, "DBR": 1.0, "precision": 1.0, "leakages": 0.0}
+IN_ZYX_ORDER = {"IoU": 378 / 396, "DLR": 37 / 40, "DBR": 0.75, "precision": 1.0, "leakages": 0.0}
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+@pytest.mark.parametrize("extension", [".nii", ".nii.gz"])
+def test_scoring_files_gives_the_official_numbers(tmp_path, writer, extension):
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    write_zyx(thick_tree(), gt_dir / f"AIIB23_1{extension}", writer)
+    write_zyx(thick_tree_prediction(), pred_dir / f"AIIB23_1{extension}", writer)
+    result = evaluate_folder(nifti_cases(pred_dir), nifti_cases(gt_dir), aiib_case_metrics, AIIB_COLUMNS,
+                             tmp_path / "out", "pred", num_processes=0)
+    (row,) = result.rows
+    assert {c: row[c] for c in AIIB_COLUMNS} == pytest.approx(OFFICIAL, abs=1e-12)
+    # The same as the metric on the arrays in the order nibabel reads them ...
+    file_order = {name: nib.load(str(d / f"AIIB23_1{extension}")).get_fdata() for name, d in
+                  (("pred", pred_dir), ("gt", gt_dir))}
+    assert aiib_case_metrics(file_order["pred"], file_order["gt"], order="xyz") == pytest.approx(OFFICIAL)
+    # ... and not what the (Z, Y, X) arrays give when taken as they are (what the scoring computed before).
+    assert aiib_case_metrics(thick_tree_prediction(), thick_tree(), order="xyz") == pytest.approx(IN_ZYX_ORDER)
+
+
+def test_unknown_axis_order_is_an_error():
+    with pytest.raises(ValueError, match="xyz"):
+        aiib_case_metrics(tube(), tube(), order="yxz")

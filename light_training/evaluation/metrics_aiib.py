@@ -1,7 +1,7 @@
 """AIIB2023 airway metrics: IoU, detected length ratio (DLR), detected branch ratio (DBR), precision, leakages.
 
 As the challenge's official scoring defines them (AIIB2023, ``scoring metrics/task1.py``), on binary
-``(Z, Y, X)`` masks; spacing plays no part:
+masks; spacing plays no part:
 
 - L = the largest 6-connected component of the prediction; when IoU(gt, L) < 0.1 the second largest.
 - IoU = |gt n L| / |gt u L|; precision = |L n gt| / |L|; leakages = |L \\ gt| / |gt|.
@@ -9,13 +9,23 @@ As the challenge's official scoring defines them (AIIB2023, ``scoring metrics/ta
 - DBR = detected branches / branches. The ground truth is parsed into branches (:func:`parse_branches`);
   a branch is detected when at least 80 % of its part of S lies in L (no voxel of S: not detected).
 
+Axis order. The official scorer loads the files with nibabel, so its arrays are in the file's voxel order
+``(X, Y, Z)`` (``nib.load(f).get_fdata()``); this project reads them with SimpleITK, in ``(Z, Y, X)``
+order, which is the same voxels with the axes reversed (for any NIfTI, whatever its orientation: neither
+library reorders voxels). Lee thinning visits the voxels in array order and peels the directions in a
+fixed order, so it is not invariant to a permutation of the axes: on the same airway the two orders give
+different skeletons, and so a different DLR and different branches (DBR). IoU, precision and leakages do
+not depend on the order. :func:`aiib_case_metrics` therefore always computes in the official ``(X, Y, Z)``
+order: ``(Z, Y, X)`` arrays (``order="zyx"``, the default and what the scoring path passes) are
+transposed first; with ``order="xyz"`` they are taken as given.
+
 Where the official code has no answer (it crashes or loops forever):
 
 - an empty prediction scores 0 everywhere, leakages included;
 - when neither the largest nor the second largest component reaches IoU 0.1, IoU, DLR, DBR and precision
   are 0 and leakages is computed from the largest component (what the prediction leaks is still measured);
 - a ground truth whose skeleton has no branch of 5 voxels gives DBR = NaN (summaries skip NaN);
-- an empty ground truth is an error (every ratio divides by it).
+- an empty ground truth is an error (every ratio divides by it); the scoring lists the case as unscored.
 
 Everything is computed in the bounding box of prediction and ground truth plus one voxel, which gives the
 same skeletons, components and nearest skeleton voxels as the whole volume (and is much faster).
@@ -28,9 +38,10 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-__all__ = ["AIIB_COLUMNS", "aiib_case_metrics", "airway_skeleton", "largest_components", "parse_branches"]
+__all__ = ["AIIB_COLUMNS", "AXIS_ORDERS", "aiib_case_metrics", "airway_skeleton", "largest_components", "parse_branches"]
 
 AIIB_COLUMNS = ("IoU", "DLR", "DBR", "precision", "leakages")
+AXIS_ORDERS = ("zyx", "xyz")  # SimpleITK's array order (this project's), nibabel's (the official scorer's)
 FALLBACK_IOU = 0.1  # below this IoU with the ground truth, the largest component is taken for a failure
 DETECTED_FRACTION = 0.8  # a branch is detected when this fraction of its skeleton lies in L
 JUNCTION_COUNT = 3  # skeleton voxels with more skeleton voxels than this in their 3x3x3 block are junctions
@@ -41,7 +52,7 @@ _CUBE = np.ones((3, 3, 3), dtype=np.uint8)  # 26-connectivity, and the 3x3x3 nei
 
 
 def largest_components(mask: np.ndarray, count: int = 2) -> list[np.ndarray]:
-    """The ``count`` largest 6-connected components of a ``(Z, Y, X)`` mask, largest first, as bool masks.
+    """The ``count`` largest 6-connected components of a 3-D mask, largest first, as bool masks.
 
     Fewer are returned when the mask has fewer components (none for an empty mask); ties go to the
     component met first in array order.
@@ -55,7 +66,10 @@ def largest_components(mask: np.ndarray, count: int = 2) -> list[np.ndarray]:
 
 
 def airway_skeleton(mask: np.ndarray) -> np.ndarray:
-    """The 3-D skeleton (Lee thinning, scikit-image) of a ``(Z, Y, X)`` mask, as bool ``(Z, Y, X)``."""
+    """The 3-D skeleton (Lee thinning, scikit-image) of a 3-D mask, as a bool mask of the same shape.
+
+    The skeleton depends on the order of the axes (module docstring): give the official ``(X, Y, Z)`` order.
+    """
     return skeletonize(np.asarray(mask, dtype=bool), method="lee").astype(bool)
 
 
@@ -68,12 +82,12 @@ def parse_branches(ground_truth: np.ndarray, skeleton: np.ndarray | None = None)
     the filled mask takes the branch of its nearest remaining skeleton voxel.
 
     Args:
-        ground_truth: ``(Z, Y, X)`` mask (nonzero = airway).
+        ground_truth: 3-D mask (nonzero = airway), in the official ``(X, Y, Z)`` order.
         skeleton: the skeleton of the whole ``ground_truth`` if already computed; reused when the filled
             largest component is the whole ground truth (the usual case), as it is then the same skeleton.
 
     Returns:
-        ``(branch_map, num_branches)``: int32 ``(Z, Y, X)`` with 1..num_branches on the filled mask,
+        ``(branch_map, num_branches)``: int32, the shape of ``ground_truth``, with 1..num_branches on the filled mask,
         0 elsewhere (all 0 and ``num_branches = 0`` for an empty mask or a tree without branches).
     """
     branch_map = np.zeros(ground_truth.shape, dtype=np.int32)
@@ -115,24 +129,31 @@ def _crop_box(mask: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
 
 
 def aiib_case_metrics(prediction: np.ndarray, ground_truth: np.ndarray,
-                      spacing: Sequence[float] | None = None) -> dict[str, float]:
+                      spacing: Sequence[float] | None = None, order: str = "zyx") -> dict[str, float]:
     """IoU, DLR, DBR, precision and leakages of one case (definitions in the module docstring).
 
     Args:
-        prediction: ``(Z, Y, X)`` mask or label map (nonzero = airway).
-        ground_truth: ``(Z, Y, X)`` mask or label map, same shape (nonzero = airway).
+        prediction: 3-D mask or label map (nonzero = airway).
+        ground_truth: 3-D mask or label map, same shape (nonzero = airway).
         spacing: ignored (the official metrics count voxels); accepted so every case metric has one signature.
+        order: the axis order of both arrays: ``"zyx"`` (SimpleITK's, this project's; transposed to the
+            official order before computing) or ``"xyz"`` (nibabel's, the file's voxel order: the official
+            scorer's; taken as given).
 
     Returns:
         ``{"IoU", "DLR", "DBR", "precision", "leakages"}`` as floats.
     """
     del spacing
+    if order not in AXIS_ORDERS:
+        raise ValueError(f"order={order!r}; expected one of {AXIS_ORDERS}")
     prediction, ground_truth = np.asarray(prediction) > 0, np.asarray(ground_truth) > 0
     if prediction.shape != ground_truth.shape:
         raise ValueError(f"prediction shape {prediction.shape} != ground truth shape {ground_truth.shape}")
+    if order == "zyx":  # (Z, Y, X) -> (X, Y, Z): the arrays the official scorer gets from nibabel
+        prediction, ground_truth = prediction.T, ground_truth.T
     gt_size = np.count_nonzero(ground_truth)
     if gt_size == 0:
-        raise ValueError("the ground truth is empty: IoU, DLR, DBR and leakages are undefined")
+        raise ValueError("empty ground truth: IoU, DLR, DBR and leakages are undefined")
     box = _crop_box(ground_truth | prediction)
     prediction, ground_truth = prediction[box], ground_truth[box]
 
