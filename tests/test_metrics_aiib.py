@@ -251,3 +251,70 @@ def test_scoring_files_gives_the_official_numbers(tmp_path, writer, extension):
 def test_unknown_axis_order_is_an_error():
     with pytest.raises(ValueError, match="xyz"):
         aiib_case_metrics(tube(), tube(), order="yxz")
+
+
+@pytest.fixture
+def mixed_folders(tmp_path):
+    """Ground truths and predictions of five cases, one of each kind the scoring meets:
+    AIIB23_1 scorable (the prediction is the tube: IoU 1), AIIB23_2 an empty ground truth, AIIB23_3 no
+    prediction, AIIB23_4 a prediction on another grid (origin moved), AIIB23_10 an unreadable prediction."""
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    grid = Geometry((0.5, 0.7, 0.8), (-12.0, 30.5, 7.25), SITK_GRIDS["sitk_lps"], tube().shape)
+    moved = Geometry(grid.spacing, (0.0, 0.0, 0.0), grid.direction, grid.shape)
+    for case in ("AIIB23_1", "AIIB23_3", "AIIB23_4", "AIIB23_10"):
+        write_volume(tube(), grid, gt_dir / f"{case}.nii.gz")
+    write_volume(np.zeros_like(tube()), grid, gt_dir / "AIIB23_2.nii.gz")
+    write_volume(tube(), grid, pred_dir / "AIIB23_1.nii.gz")
+    write_volume(tube(), grid, pred_dir / "AIIB23_2.nii.gz")
+    write_volume(tube(), moved, pred_dir / "AIIB23_4.nii.gz")
+    (pred_dir / "AIIB23_10.nii.gz").write_bytes(b"not a NIfTI file")
+    return pred_dir, gt_dir
+
+
+def score(folders, out, **kwargs):
+    pred_dir, gt_dir = folders
+    return evaluate_folder(nifti_cases(pred_dir), nifti_cases(gt_dir), aiib_case_metrics, AIIB_COLUMNS, out,
+                           "pred", **kwargs)
+
+
+@pytest.mark.parametrize("num_processes", [0, 2])
+def test_every_case_that_can_be_scored_is(tmp_path, mixed_folders, num_processes):
+    result = score(mixed_folders, tmp_path / "out", num_processes=num_processes)
+    assert [row["case"] for row in result.rows] == ["AIIB23_1"] and result.rows[0]["IoU"] == 1.0
+    assert list(result.unscored) == ["AIIB23_2", "AIIB23_3", "AIIB23_4", "AIIB23_10"]  # natural order
+    assert result.unscored["AIIB23_2"].startswith("empty ground truth")
+    assert result.unscored["AIIB23_3"] == "no prediction"
+    assert "grid" in result.unscored["AIIB23_4"] and "origin" in result.unscored["AIIB23_4"]
+    assert "AIIB23_10.nii.gz" in result.unscored["AIIB23_10"] and "unreadable" in result.unscored["AIIB23_10"]
+    summary = json.loads(result.summary_path.read_text())
+    assert summary["unscored"] == result.unscored and summary["scored_as_empty"] == []
+    assert summary["IoU"] == {"mean": 1.0, "std": 0.0, "median": 1.0}
+    assert result.csv_path.read_text().splitlines()[1:] == ["AIIB23_1,1.0,1.0,1.0,1.0,0.0"]
+
+
+def test_missing_predictions_scored_as_empty(tmp_path, mixed_folders):
+    result = score(mixed_folders, tmp_path / "out", missing_predictions="empty")
+    assert [row["case"] for row in result.rows] == ["AIIB23_1", "AIIB23_3"] and result.rows[1]["IoU"] == 0.0
+    assert result.scored_as_empty == ["AIIB23_3"] and list(result.unscored) == ["AIIB23_2", "AIIB23_4", "AIIB23_10"]
+
+
+def test_strict_makes_any_unscorable_case_an_error(tmp_path, mixed_folders):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="3 case") as error:
+        score(mixed_folders, out, strict=True)
+    message = str(error.value)
+    assert all(case in message for case in ("AIIB23_2:", "AIIB23_4:", "AIIB23_10:"))
+    assert "AIIB23_3" not in message  # no prediction: missing_predictions decides ("skip" lists it)
+    assert not out.exists()  # nothing written
+    with pytest.raises(ValueError, match="without prediction: AIIB23_3"):
+        score(mixed_folders, out, missing_predictions="error")
+
+
+def test_nothing_scorable_is_an_error_with_every_reason(tmp_path, mixed_folders):
+    pred_dir, _ = mixed_folders
+    (pred_dir / "AIIB23_1.nii.gz").unlink()
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="no case could be scored") as error:
+        score(mixed_folders, out)
+    assert all(f"{case}:" in str(error.value) for case in ("AIIB23_1", "AIIB23_2", "AIIB23_3", "AIIB23_4", "AIIB23_10"))
+    assert not out.exists()

@@ -65,7 +65,8 @@ def test_aiib_script_on_a_folder_pair(repo_root, tmp_path, aiib_folders):
     assert values[1] == pytest.approx({"IoU": 1.0, "DLR": 1.0, "DBR": 1.0, "precision": 1.0, "leakages": 0.0})
     assert values[2] == {"IoU": 0.0, "DLR": 0.0, "DBR": 0.0, "precision": 0.0, "leakages": 0.0}
     summary = json.loads((out / "my_predictions_summary.json").read_text())
-    assert set(summary) == {"IoU", "DLR", "DBR", "precision", "leakages"}
+    assert set(summary) == {"IoU", "DLR", "DBR", "precision", "leakages", "unscored", "scored_as_empty"}
+    assert summary["unscored"] == {} and summary["scored_as_empty"] == []
     # IoU 0.5, 1, 0: mean 0.5, median 0.5, std sqrt((0 + 0.25 + 0.25) / 3); DBR 0, 1, 0: mean 1/3, median 0.
     assert summary["IoU"] == pytest.approx({"mean": 0.5, "std": math.sqrt(1 / 6), "median": 0.5})
     assert summary["DBR"] == pytest.approx({"mean": 1 / 3, "std": math.sqrt(2 / 9), "median": 0.0})
@@ -94,15 +95,17 @@ def test_aiib_script_default_layout_and_missing_predictions(repo_root, tmp_path,
     assert result.returncode != 0 and "without prediction: AIIB23_10" in result.stderr
 
 
-def test_aiib_script_refuses_bad_pairs(repo_root, tmp_path, aiib_folders):
+def test_aiib_script_lists_an_off_grid_case_and_refuses_orphans(repo_root, tmp_path, aiib_folders):
     pred_dir, gt_dir = aiib_folders
     out = tmp_path / "metrics"
     shifted = Geometry(GEOMETRY.spacing, (0.0, 0.0, 0.0), GEOMETRY.direction, GEOMETRY.shape)
     write_volume(tube(), shifted, pred_dir / "AIIB23_2.nii.gz")  # same array, another origin
     result = run(repo_root, AIIB_SCRIPT, f"--pred_dir={pred_dir}", f"--gt_dir={gt_dir}", f"--output_dir={out}")
-    assert result.returncode != 0
-    assert "AIIB23_2.nii.gz" in result.stderr and "origin" in result.stderr
-    assert not (out / "my_predictions.csv").exists()  # nothing half-done is written
+    assert result.returncode == 0, result.stderr  # the other cases are scored, this one is listed with the reason
+    _, rows = read_csv(out / "my_predictions.csv")
+    assert [row["case"] for row in rows] == ["AIIB23_1", "AIIB23_10"]
+    reason = json.loads((out / "my_predictions_summary.json").read_text())["unscored"]["AIIB23_2"]
+    assert "grid" in reason and "origin" in reason and "AIIB23_2.nii.gz" in reason
     (pred_dir / "AIIB23_2.nii.gz").unlink()
     write_volume(tube(), GEOMETRY, pred_dir / "AIIB23_99.nii.gz")  # a prediction without ground truth
     result = run(repo_root, AIIB_SCRIPT, f"--pred_dir={pred_dir}", f"--gt_dir={gt_dir}", f"--output_dir={out}")
@@ -149,7 +152,7 @@ def test_brats_script_on_raw_layout(repo_root, tmp_path):
     assert all(float(exact[f"{r}_Dice"]) == 1.0 and float(exact[f"{r}_HD95"]) == 0.0 for r in ("WT", "TC", "ET"))
     assert [exact[f"{r}_Num_TP"] for r in ("WT", "TC", "ET")] == ["1", "1", "1"]
     summary = json.loads((out / "diffunet_summary.json").read_text())
-    assert list(summary) == list(BRATS_COLUMNS)
+    assert list(summary) == [*BRATS_COLUMNS, "unscored", "scored_as_empty"] and summary["unscored"] == {}
     assert summary["WT_LesionWise_Dice"] == pytest.approx({"mean": 0.75, "std": 0.25, "median": 0.75})
     assert summary["WT_Num_FN"] == pytest.approx({"mean": 0.5, "std": 0.5, "median": 0.5})
     assert (out / "diffunet_config.json").is_file()

@@ -38,7 +38,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-__all__ = ["AIIB_COLUMNS", "AXIS_ORDERS", "aiib_case_metrics", "airway_skeleton", "largest_components", "parse_branches"]
+__all__ = ["AIIB_COLUMNS", "AXIS_ORDERS", "aiib_case_metrics", "airway_skeleton", "largest_components",
+           "parse_branches"]
 
 AIIB_COLUMNS = ("IoU", "DLR", "DBR", "precision", "leakages")
 AXIS_ORDERS = ("zyx", "xyz")  # SimpleITK's array order (this project's), nibabel's (the official scorer's)

@@ -3,7 +3,15 @@ in worker processes, write the table (CSV) and its summary (JSON), and format it
 
 A case metric is a picklable function ``metric(prediction (Z, Y, X) uint8, ground_truth (Z, Y, X) uint8,
 spacing (z, y, x) mm) -> {column: value}`` such as :func:`light_training.evaluation.metrics_aiib.aiib_case_metrics`
-or :func:`light_training.evaluation.metrics_brats.brats_case_metrics`.
+or :func:`light_training.evaluation.metrics_brats.brats_case_metrics`. An optional extra per-case function
+``extra(pair, prediction, ground_truth, geometry) -> {column: value}`` adds columns computed from more than
+the two label maps (files beside the prediction, such as ``<case>_uncertainty.nii.gz``: see
+:mod:`light_training.evaluation.uncertainty`).
+
+Every case that can be scored is; the others are listed with the reason (``Evaluation.unscored`` and the
+summary JSON's ``"unscored"``): no prediction (``missing_predictions="skip"``), an unreadable or invalid
+file, a prediction not on its ground truth's grid, or a case the metric refuses (a ``ValueError`` of the
+metric, e.g. an empty AIIB ground truth).
 """
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,11 +29,13 @@ import SimpleITK as sitk
 from light_training.io import Geometry, ImageReadError, atomic_path, read_label, write_json
 from light_training.parallel import map_cases
 
-__all__ = ["MISSING_PREDICTION_POLICIES", "CasePair", "Evaluation", "case_sort_key", "case_listing", "nifti_cases",
-           "pair_cases", "read_geometry", "check_geometries", "evaluate_pairs", "summarize", "write_csv",
-           "format_table", "evaluate_folder"]
+__all__ = ["MISSING_PREDICTION_POLICIES", "NO_PREDICTION", "CasePair", "Evaluation", "case_sort_key", "case_listing",
+           "format_unscored", "nifti_cases", "pair_cases", "read_geometry", "score_pair", "evaluate_pairs",
+           "summarize", "write_csv", "format_table", "evaluate_folder"]
 
 MISSING_PREDICTION_POLICIES = ("skip", "empty", "error")
+NO_PREDICTION = "no prediction"  # the reason given for a ground-truth case skipped for want of a prediction
+SUMMARY_KEYS = ("unscored", "scored_as_empty")  # the summary JSON's keys beside the columns
 IGNORED_SUFFIXES = ("_uncertainty",)  # <case>_uncertainty.nii.gz lie next to the predictions
 CaseMetric = Callable[[np.ndarray, np.ndarray, Sequence[float]], Mapping[str, float]]
 
@@ -38,14 +48,18 @@ class CasePair:
     ground_truth: Path
 
 
+CaseExtra = Callable[[CasePair, np.ndarray, np.ndarray, Geometry], Mapping[str, float]]
+
+
 @dataclass
 class Evaluation:
     """What :func:`evaluate_folder` computed and wrote."""
-    rows: list[dict[str, Any]]
-    summary: dict[str, dict[str, float | None]]
+    rows: list[dict[str, Any]]  # one per scored case: {"case": ..., column: value, ...}
+    summary: dict[str, dict[str, float | None]]  # {column: {"mean", "std", "median"}}
     csv_path: Path
     summary_path: Path
-    unscored: list[str] = field(default_factory=list)  # ground-truth cases without prediction, left out
+    columns: tuple[str, ...] = ()  # the case metric's columns, then the extra ones
+    unscored: dict[str, str] = field(default_factory=dict)  # {case: reason}, natural case order
     scored_as_empty: list[str] = field(default_factory=list)  # ground-truth cases without prediction, scored empty
 
 
@@ -76,10 +90,16 @@ def nifti_cases(folder: str | Path) -> dict[str, Path]:
     return {case: cases[case] for case in sorted(cases, key=case_sort_key)}
 
 
-def case_listing(cases: Sequence[str], limit: int = 10) -> str:
-    """``"a, b, c"``, or the first ``limit`` cases and the count when there are more."""
+def case_listing(cases: Iterable[str], limit: int = 10) -> str:
+    """``"a, b, c"``, or the first ``limit`` cases and the count when there are more (a mapping: its keys)."""
+    cases = list(cases)
     shown = ", ".join(cases[:limit])
     return shown + (f", ... ({len(cases)} in all)" if len(cases) > limit else "")
+
+
+def format_unscored(unscored: Mapping[str, str]) -> str:
+    """One line ``"  case: reason"`` per unscored case."""
+    return "\n".join(f"  {case}: {reason}" for case, reason in unscored.items())
 
 
 def pair_cases(predictions: Mapping[str, Path], ground_truths: Mapping[str, Path],
@@ -128,58 +148,56 @@ def read_geometry(path: str | Path) -> Geometry:
                     shape=tuple(int(s) for s in reader.GetSize()[::-1]))
 
 
-def _mismatch_message(pair: CasePair, prediction: Geometry, ground_truth: Geometry) -> str | None:
-    why = ground_truth.mismatch(prediction)
-    if why is None:
-        return None
-    return f"{pair.prediction}: the prediction does not lie on its ground truth {pair.ground_truth}'s grid ({why})"
+def score_pair(pair: CasePair, case_metric: CaseMetric, columns: Sequence[str], extra_metric: CaseExtra | None = None,
+               extra_columns: Sequence[str] = ()) -> tuple[dict[str, Any] | None, str | None]:
+    """Read one pair and score it (runs in a worker process).
 
-
-def check_geometries(pairs: Sequence[CasePair]) -> None:
-    """Raise ``ImageReadError`` listing every prediction whose shape, spacing, origin or direction differs
-    from its ground truth's (read from the headers, before any scoring)."""
-    problems = []
-    for pair in pairs:
-        if pair.prediction is None:
-            continue
-        try:
-            message = _mismatch_message(pair, read_geometry(pair.prediction), read_geometry(pair.ground_truth))
-        except ImageReadError as err:
-            message = str(err)
-        if message:
-            problems.append(message)
-    if problems:
-        raise ImageReadError(f"{len(problems)} case(s) cannot be scored:\n  " + "\n  ".join(problems))
-
-
-def _score_pair(pair: CasePair, case_metric: CaseMetric, columns: Sequence[str]) -> dict[str, Any]:
-    """Read one pair and score it (runs in a worker process)."""
-    ground_truth, geometry = read_label(pair.ground_truth)
-    if pair.prediction is None:
-        prediction = np.zeros_like(ground_truth)
-    else:
-        prediction, pred_geometry = read_label(pair.prediction)
-        if (message := _mismatch_message(pair, pred_geometry, geometry)) is not None:
-            raise ImageReadError(message)
+    Returns ``(row, None)``, or ``(None, reason)`` when the case cannot be scored: a file unreadable or not a
+    3-D label map, a prediction not on the ground truth's grid (checked on the headers, before the voxels are
+    read), or a ``ValueError`` of ``case_metric`` or ``extra_metric`` (its message is the reason).
+    """
     try:
-        values = case_metric(prediction, ground_truth, geometry.spacing)
+        gt_geometry = read_geometry(pair.ground_truth)
+        if pair.prediction is not None:
+            why = gt_geometry.mismatch(read_geometry(pair.prediction))
+            if why is not None:
+                return None, (f"prediction not on the ground truth's grid: {why} "
+                              f"({pair.prediction} vs {pair.ground_truth})")
+        ground_truth, geometry = read_label(pair.ground_truth)
+        prediction = np.zeros_like(ground_truth) if pair.prediction is None else read_label(pair.prediction)[0]
+    except ImageReadError as err:
+        return None, str(err)
+    try:
+        values = dict(case_metric(prediction, ground_truth, geometry.spacing))
+        if extra_metric is not None:
+            values.update(extra_metric(pair, prediction, ground_truth, geometry))
     except ValueError as err:
-        raise ValueError(f"{pair.ground_truth}: {err}") from None
-    return {"case": pair.case, **{column: values[column] for column in columns}}
+        return None, str(err)
+    return {"case": pair.case, **{column: values[column] for column in (*columns, *extra_columns)}}, None
 
 
-def evaluate_pairs(pairs: Sequence[CasePair], case_metric: CaseMetric, columns: Sequence[str],
-                   num_processes: int = 1, desc: str = "scoring") -> list[dict[str, Any]]:
+def evaluate_pairs(pairs: Sequence[CasePair], case_metric: CaseMetric, columns: Sequence[str], num_processes: int = 1,
+                   desc: str = "scoring", extra_metric: CaseExtra | None = None, extra_columns: Sequence[str] = ()
+                   ) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Score every pair (``num_processes`` forked workers; 0 or 1: in this process), with a progress bar.
 
-    Returns one row ``{"case": ..., column: value, ...}`` per pair, in the order of ``pairs``. Unreadable
-    files or bad cases are all collected and raised together as one ``ValueError``.
+    Returns ``(rows, unscored)``: one row ``{"case": ..., column: value, ...}`` per scored pair, in the order
+    of ``pairs``, and ``{case: reason}`` for the pairs that could not be scored (:func:`score_pair`).
     """
-    results, failures = map_cases(partial(_score_pair, case_metric=case_metric, columns=tuple(columns)),
-                                  pairs, num_processes, desc, skip_bad_cases=True)
-    if failures:
-        raise ValueError(f"{len(failures)} case(s) failed:\n  " + "\n  ".join(failures[c] for c in sorted(failures)))
-    return [results[pair.case] for pair in pairs]
+    score = partial(score_pair, case_metric=case_metric, columns=tuple(columns), extra_metric=extra_metric,
+                    extra_columns=tuple(extra_columns))
+    results, failures = map_cases(score, pairs, num_processes, desc, skip_bad_cases=True)
+    rows, unscored = [], {}
+    for pair in pairs:
+        if pair.case in failures:  # a ValueError outside score_pair's own checks
+            unscored[pair.case] = failures[pair.case].removeprefix(f"{pair.case}: ")
+            continue
+        row, reason = results[pair.case]
+        if row is None:
+            unscored[pair.case] = reason
+        else:
+            rows.append(row)
+    return rows, unscored
 
 
 def summarize(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, dict[str, float | None]]:
@@ -259,17 +277,48 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
 
 def evaluate_folder(predictions: Mapping[str, Path], ground_truths: Mapping[str, Path], case_metric: CaseMetric,
                     columns: Sequence[str], output_dir: str | Path, name: str, missing_predictions: str = "skip",
-                    num_processes: int = 1) -> Evaluation:
-    """Pair, check geometries, score every case and write ``<output_dir>/<name>.csv`` and
-    ``<output_dir>/<name>_summary.json``. Raises ``ValueError`` (``ImageReadError``) naming files or cases."""
+                    num_processes: int = 1, strict: bool = False, extra_metric: CaseExtra | None = None,
+                    extra_columns: Sequence[str] = ()) -> Evaluation:
+    """Pair, score every case that can be scored, and write ``<output_dir>/<name>.csv`` and
+    ``<output_dir>/<name>_summary.json`` (each atomically).
+
+    The CSV has ``case``, ``columns``, ``extra_columns``, one row per scored case. The summary JSON has
+    ``{column: {"mean", "std", "median"}}`` for every column, plus ``"unscored": {case: reason}`` and
+    ``"scored_as_empty": [case, ...]``.
+
+    Args:
+        predictions, ground_truths: ``{case: file}`` (:func:`nifti_cases`).
+        case_metric, columns: the per-case metric and the columns it returns that go into the table.
+        missing_predictions: a ground truth without prediction is ``"skip"``: listed as unscored (reason
+            ``"no prediction"``), ``"empty"``: scored as an empty prediction, ``"error"``: an error.
+        strict: a case that has a prediction (or is scored as empty) but cannot be scored is an error
+            instead of a line in ``unscored``; cases skipped for want of a prediction follow
+            ``missing_predictions``.
+        extra_metric, extra_columns: an optional extra per-case function (module docstring) and its columns.
+
+    Raises:
+        ValueError naming files or cases: a prediction without ground truth, a missing prediction with
+        ``missing_predictions="error"``, any unscorable case with ``strict``, or nothing scorable at all
+        (every reason listed). Nothing is written then.
+    """
+    all_columns = (*columns, *extra_columns)
+    clashes = sorted({c for c in all_columns if all_columns.count(c) > 1 or c in SUMMARY_KEYS or c == "case"})
+    if clashes:
+        raise ValueError(f"column names {clashes} repeat or clash with the table's 'case' or the summary's "
+                         f"{list(SUMMARY_KEYS)}")
     pairs, missing = pair_cases(predictions, ground_truths, missing_predictions)
-    check_geometries(pairs)
-    rows = evaluate_pairs(pairs, case_metric, columns, num_processes, desc=f"scoring {name}")
-    summary = summarize(rows, columns)
+    rows, failed = evaluate_pairs(pairs, case_metric, columns, num_processes, f"scoring {name}", extra_metric,
+                                  extra_columns)
+    if strict and failed:
+        raise ValueError(f"{len(failed)} case(s) cannot be scored (strict):\n{format_unscored(failed)}")
+    skipped = missing if missing_predictions == "skip" else []
+    unscored = {case: failed.get(case, NO_PREDICTION) for case in sorted([*failed, *skipped], key=case_sort_key)}
+    if not rows:
+        raise ValueError(f"no case could be scored:\n{format_unscored(unscored)}")
+    summary = summarize(rows, all_columns)
+    scored_as_empty = missing if missing_predictions == "empty" else []
     output_dir = Path(output_dir)
     csv_path, summary_path = output_dir / f"{name}.csv", output_dir / f"{name}_summary.json"
-    write_csv(rows, columns, csv_path)
-    write_json(summary, summary_path)
-    scored_as_empty = missing if missing_predictions == "empty" else []
-    unscored = missing if missing_predictions == "skip" else []
-    return Evaluation(rows, summary, csv_path, summary_path, unscored, scored_as_empty)
+    write_csv(rows, all_columns, csv_path)
+    write_json({**summary, "unscored": unscored, "scored_as_empty": scored_as_empty}, summary_path)
+    return Evaluation(rows, summary, csv_path, summary_path, all_columns, unscored, scored_as_empty)
