@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from light_training.evaluation.metrics_brats import (BRATS_COLUMNS, brats_case_metrics, dice, hd95, lesion_wise_scores,
-                                          region_mask, weighted_percentile)
+from light_training.evaluation.metrics_brats import (BRATS_COLUMNS, brats_case_metrics, brats_columns, dice, hd95,
+                                                     lesion_wise_scores, normalize_regions, region_mask,
+                                                     weighted_percentile)
 
 ISO = (1.0, 1.0, 1.0)
 
@@ -145,3 +146,28 @@ def test_bad_input_is_an_error():
         brats_case_metrics(np.zeros((3, 3, 3)), np.zeros((3, 3, 4)), ISO)
     with pytest.raises(ValueError, match="spacing"):
         brats_case_metrics(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), (1.0, 0.0, 1.0))
+
+
+def test_regions_from_a_mapping():
+    # The default mapping is today's regions and columns; another mapping (here as a dataset description would
+    # hold it, with a space in a name) gives its own columns, region by region, and the same values for the
+    # same label sets.
+    assert brats_columns() == BRATS_COLUMNS and BRATS_COLUMNS[:2] == ("WT_Dice", "WT_HD95")
+    gt = cube(cube(empty(), (3, 3, 3), 6, value=2), (4, 4, 4), 3, value=3)  # ED cube with an ET core
+    pred = cube(empty(), (3, 3, 4), 6, value=2)  # the ED cube shifted by 1 voxel along x, no ET
+    default = brats_case_metrics(pred, gt, ISO)
+    regions = {"whole tumour": [1, 2, 3], "ET": [3]}
+    row = brats_case_metrics(pred, gt, ISO, regions=regions)
+    assert list(row) == list(brats_columns(regions)) == [f"{r}_{m}" for r in ("whole_tumour", "ET") for m in (
+        "Dice", "HD95", "LesionWise_Dice", "LesionWise_HD95", "Num_TP", "Num_FP", "Num_FN")]
+    for name in ("Dice", "HD95", "LesionWise_Dice", "Num_FN"):
+        assert row[f"whole_tumour_{name}"] == default[f"WT_{name}"] and row[f"ET_{name}"] == default[f"ET_{name}"]
+    # WT: 216 voxels each, overlapping in 6 x 6 x 5 = 180: Dice 2 * 180 / 432. ET: missed, Dice 0.
+    assert row["whole_tumour_Dice"] == pytest.approx(360 / 432) and row["ET_Dice"] == 0.0
+
+
+@pytest.mark.parametrize("regions, match", [({}, "non-empty"), ({"WT": []}, "WT"), ({"bg": [0, 1]}, "1..255"),
+                                            ({"a b": [1], "a_b": [2]}, "twice"), ({"x": [1.5]}, "integers")])
+def test_bad_regions_are_an_error(regions, match):
+    with pytest.raises(ValueError, match=match):
+        normalize_regions(regions)

@@ -1,7 +1,9 @@
 """BraTS2023 metrics: Dice, HD95 and the BraTS 2023 lesion-wise Dice and HD95 per tumour region.
 
 Regions of a label map (0 background, 1 NCR, 2 ED, 3 ET; any other value is background):
-WT = {1, 2, 3}, TC = {1, 3}, ET = {3}. All distances and volumes are in mm from the voxel spacing.
+WT = {1, 2, 3}, TC = {1, 3}, ET = {3} by default; any ordered mapping ``{name: [label values]}`` can take
+their place (``regions=``, e.g. from a dataset description). All distances and volumes are in mm from the
+voxel spacing.
 
 - Dice: 1 when both masks are empty.
 - HD95: surface elements and their areas as the official scorer computes them (DeepMind's
@@ -21,18 +23,18 @@ WT = {1, 2, 3}, TC = {1, 3}, ET = {3}. All distances and volumes are in mm from 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from monai.metrics.utils import get_mask_edges, get_surface_distance
 from scipy import ndimage
 
-__all__ = ["REGIONS", "BRATS_COLUMNS", "MAX_HD95", "brats_case_metrics", "region_mask", "dice", "hd95",
-           "surface_distances", "weighted_percentile", "lesion_wise_scores"]
+__all__ = ["REGIONS", "BRATS_COLUMNS", "MAX_HD95", "normalize_regions", "check_case", "brats_columns",
+           "brats_case_metrics", "region_mask", "dice", "hd95", "surface_distances", "weighted_percentile",
+           "lesion_wise_scores"]
 
 REGIONS = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 LESION_COLUMNS = ("LesionWise_Dice", "LesionWise_HD95", "Num_TP", "Num_FP", "Num_FN")
-BRATS_COLUMNS = tuple(f"{region}_{name}" for region in REGIONS for name in ("Dice", "HD95") + LESION_COLUMNS)
 MAX_HD95 = 374.0  # mm, the scorer's HD95 when one side is empty (the diagonal of the 240x240x155 mm volume)
 DILATION_ITERATIONS = 3  # BraTS-GLI: dilations that merge nearby lesions, and again to find their matches
 MIN_LESION_VOLUME = 50.0  # mm^3; lesions of at most this volume are left out of the lesion-wise scores
@@ -42,11 +44,56 @@ _EIGHTEEN = ndimage.generate_binary_structure(3, 2)  # the dilation's structurin
 _TWENTY_SIX = ndimage.generate_binary_structure(3, 3)  # connectivity of lesions and predicted components
 
 
-def region_mask(label: np.ndarray, region: str) -> np.ndarray:
-    """Bool ``(Z, Y, X)`` mask of ``region`` ("WT", "TC" or "ET") in a ``(Z, Y, X)`` label map."""
-    if region not in REGIONS:
-        raise ValueError(f"unknown region {region!r}; expected one of {list(REGIONS)}")
-    return np.isin(label, REGIONS[region])
+def normalize_regions(regions: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    """Check an ordered mapping ``{name: [label values]}`` and return it with spaces in the names replaced
+    by ``_`` (the names become column prefixes) and the values as tuples of ints, in the same order. A plain
+    label is ``[v]`` (``v`` alone is taken too).
+
+    Raises ``ValueError`` naming the region: no region, an empty name, no label value, a value that is not an
+    integer in 1..255 (0 is background), two names that are the same once spaces are replaced.
+    """
+    if not isinstance(regions, Mapping) or not regions:
+        raise ValueError(f"regions must be a non-empty mapping {{name: [label values]}}, got {regions!r}")
+    normalized: dict[str, tuple[int, ...]] = {}
+    for name, values in regions.items():
+        column = str(name).strip().replace(" ", "_")
+        if not column:
+            raise ValueError(f"region name {name!r} is empty")
+        if column in normalized:
+            raise ValueError(f"region names {list(regions)} give {column!r} twice once spaces are replaced by '_'")
+        values = [values] if isinstance(values, (int, np.integer)) else list(values)
+        if not values or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 1 <= v <= 255
+                                  for v in values):
+            raise ValueError(f"region {name!r}: label values {values!r}; expected a non-empty list of integers "
+                             f"in 1..255 (0 is background)")
+        normalized[column] = tuple(int(v) for v in values)
+    return normalized
+
+
+def check_case(prediction: np.ndarray, ground_truth: np.ndarray, spacing: Sequence[float]) -> None:
+    """Raise ``ValueError`` unless the two maps have one shape and ``spacing`` is 3 positive numbers."""
+    if np.shape(prediction) != np.shape(ground_truth):
+        raise ValueError(f"prediction shape {np.shape(prediction)} != ground truth shape {np.shape(ground_truth)}")
+    if len(spacing) != 3 or not all(s > 0 for s in spacing):
+        raise ValueError(f"spacing must be 3 positive numbers (z, y, x) in mm, got {tuple(spacing)}")
+
+
+def brats_columns(regions: Mapping[str, Sequence[int]] = REGIONS) -> tuple[str, ...]:
+    """The columns of :func:`brats_case_metrics` for ``regions``: ``<region>_Dice``, ``<region>_HD95`` and
+    the lesion-wise ones, region by region."""
+    return tuple(f"{region}_{name}" for region in normalize_regions(regions)
+                 for name in ("Dice", "HD95") + LESION_COLUMNS)
+
+
+BRATS_COLUMNS = brats_columns(REGIONS)
+
+
+def region_mask(label: np.ndarray, region: str, regions: Mapping[str, Sequence[int]] = REGIONS) -> np.ndarray:
+    """Bool ``(Z, Y, X)`` mask of ``region`` (a name of ``regions``: "WT", "TC" or "ET" by default) in a
+    ``(Z, Y, X)`` label map."""
+    if region not in regions:
+        raise ValueError(f"unknown region {region!r}; expected one of {list(regions)}")
+    return np.isin(label, regions[region])
 
 
 def dice(prediction: np.ndarray, ground_truth: np.ndarray) -> float:
@@ -154,29 +201,30 @@ def lesion_wise_scores(prediction: np.ndarray, ground_truth: np.ndarray, spacing
     }
 
 
-def brats_case_metrics(prediction: np.ndarray, ground_truth: np.ndarray, spacing: Sequence[float]
-                       ) -> dict[str, float]:
+def brats_case_metrics(prediction: np.ndarray, ground_truth: np.ndarray, spacing: Sequence[float],
+                       regions: Mapping[str, Sequence[int]] | None = None) -> dict[str, float]:
     """Every BraTS2023 metric of one case.
 
     Args:
         prediction, ground_truth: ``(Z, Y, X)`` label maps (0 background, 1 NCR, 2 ED, 3 ET), same shape.
         spacing: voxel spacing (z, y, x) in mm.
+        regions: ``{name: [label values]}``, in column order; None: :data:`REGIONS` (WT, TC, ET).
 
     Returns:
-        ``{column: value}`` for every column of :data:`BRATS_COLUMNS` (``WT_Dice``, ..., ``ET_Num_FN``).
+        ``{column: value}`` for every column of :func:`brats_columns` of ``regions`` (by default
+        :data:`BRATS_COLUMNS`: ``WT_Dice``, ..., ``ET_Num_FN``).
     """
+    regions = normalize_regions(REGIONS if regions is None else regions)
     prediction, ground_truth = np.asarray(prediction), np.asarray(ground_truth)
-    if prediction.shape != ground_truth.shape:
-        raise ValueError(f"prediction shape {prediction.shape} != ground truth shape {ground_truth.shape}")
-    if len(spacing) != 3 or not all(s > 0 for s in spacing):
-        raise ValueError(f"spacing must be 3 positive numbers (z, y, x) in mm, got {tuple(spacing)}")
-    foreground = np.isin(prediction, REGIONS["WT"]) | np.isin(ground_truth, REGIONS["WT"])
+    check_case(prediction, ground_truth, spacing)
+    labels = sorted({value for values in regions.values() for value in values})
+    foreground = np.isin(prediction, labels) | np.isin(ground_truth, labels)
     if foreground.any():  # work in the bounding box plus the dilation reach: same results, much faster
         box = _grow(ndimage.find_objects(foreground.astype(np.uint8))[0], DILATION_ITERATIONS, foreground.shape)
         prediction, ground_truth = prediction[box], ground_truth[box]
     row: dict[str, float] = {}
-    for region in REGIONS:
-        pred, gt = region_mask(prediction, region), region_mask(ground_truth, region)
+    for region in regions:
+        pred, gt = region_mask(prediction, region, regions), region_mask(ground_truth, region, regions)
         row[f"{region}_Dice"] = dice(pred, gt)
         row[f"{region}_HD95"] = hd95(pred, gt, spacing)
         for name, value in lesion_wise_scores(pred, gt, spacing).items():
