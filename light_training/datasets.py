@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SHIPPED", "METRIC_SETS", "NNUNET_LAYOUT", "DatasetDescription", "load_dataset", "parse_description"]
+__all__ = ["SHIPPED", "METRIC_SETS", "NNUNET_LAYOUT", "DatasetDescription", "load_dataset", "parse_description",
+           "as_description"]
 
 SHIPPED = Path(__file__).resolve().parent / "descriptions"  # the descriptions that ship with the project
 METRIC_SETS = ("dice_hd95", "aiib2023", "brats2023")
@@ -197,3 +198,8 @@ def load_dataset(dataset: str | Path | dict) -> DatasetDescription:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
     return parse_description(data, str(path))
+
+
+def as_description(dataset: DatasetDescription | str | Path | dict) -> DatasetDescription:
+    """``dataset`` itself when it is a description, else :func:`load_dataset` of it."""
+    return dataset if isinstance(dataset, DatasetDescription) else load_dataset(dataset)

@@ -94,8 +94,14 @@ def test_find_raw_cases_layouts(tmp_path):
         assert [c.case for c in find_raw_cases(folder, "aiib2023", with_labels=False)] == ["AIIB23_1", "AIIB23_2"]
     with pytest.raises(ValueError, match="no such folder"):
         find_raw_cases(tmp_path / "nowhere", "aiib2023")
-    with pytest.raises(ValueError, match="unknown dataset"):
+    with pytest.raises(ValueError, match="not a shipped description"):
         find_raw_cases(tmp_path / "aiib", "kits")
+    # a file stored as .nii beside a label stored as .nii.gz is one case (matched by name)
+    write_aiib(tmp_path / "mixed", ["AIIB23_7"])
+    (tmp_path / "mixed" / "img" / "AIIB23_7.nii.gz").rename(tmp_path / "mixed" / "img" / "AIIB23_7.nii")
+    (mixed,) = find_raw_cases(tmp_path / "mixed", "aiib2023")
+    assert mixed.image_files[0].name == "AIIB23_7.nii" and mixed.label_file.name == "AIIB23_7.nii.gz"
+    assert mixed.label_file.is_file()
 
 
 def test_plan_statistics_and_target_spacing(tmp_path):
@@ -106,7 +112,8 @@ def test_plan_statistics_and_target_spacing(tmp_path):
             (raw_dir / sub).mkdir(parents=True, exist_ok=True)
             (tmp_path / f"part{i}" / sub / f"AIIB23_{i}.nii.gz").rename(raw_dir / sub / f"AIIB23_{i}.nii.gz")
     cases = find_raw_cases(raw_dir, "aiib2023")
-    plans = plan_dataset(cases, "aiib2023")
+    assert plan_dataset(cases, "aiib2023")["target_spacing"] == [0.5, 0.70410156, 0.70410156]  # the description's
+    plans = plan_dataset(cases, "aiib2023", target_spacing=[])
     assert plans["target_spacing"] == pytest.approx([0.625, 0.703125, 0.703125])  # the median per axis
     assert plans["target_spacing_source"] == "median spacing"
     assert plans["cases"]["AIIB23_2"]["spacing"] == pytest.approx([1.0, 0.5, 0.5])
@@ -206,7 +213,8 @@ def test_inverse_after_anisotropic_resampling(tmp_path):
     label[ellipsoid(shape, (6, 20, 24), (3.2, 8, 9))] = 2  # a second class inside the first
     plans = {"dataset": "test", "channel_names": ["CT"], "labels": [0, 1, 2], "normalization": ["CT"],
              "target_spacing": target, "intensity_properties": [{"percentile_00_5": -700, "percentile_99_5": 0,
-                                                                 "mean": -500, "std": 50}]}
+                                                                 "mean": -500, "std": 50}],
+             "resampling": {"image_order": 3, "anisotropy_threshold": 3.0}}
     data, seg, properties = preprocess_case(image, geometry, label, plans, case="aniso")
     assert seg.shape == data.shape[1:] == (30, 50, 55)
     restored = restore_to_original(seg, properties, is_label=True)
@@ -245,7 +253,7 @@ def test_synthetic_datasets_plan_preprocess_and_invert(tmp_path):
     cases = find_raw_cases(raw_dir, "aiib2023")
     labels = {c.case: read_label(c.label_file) for c in cases}
     spacings = [geometry.spacing for _, geometry in labels.values()]
-    plans = plan_dataset(cases, "aiib2023")
+    plans = plan_dataset(cases, "aiib2023", target_spacing=[])
     assert plans["target_spacing"] == pytest.approx(np.median(spacings, axis=0).tolist())
     stats = plans["intensity_properties"][0]
     assert stats["num_samples"] == sum(int(label.sum()) for label, _ in labels.values())

@@ -26,14 +26,14 @@ def test_rename_then_rename_again(tmp_path, repo_root):
     before = digests(root)
     result = rename(repo_root, root)
     assert result.returncode == 0, result.stderr
-    assert "2 case folder(s)" in result.stdout and "10 file(s) renamed, 0 already renamed, 0 missing" in result.stdout
+    assert "2 case(s) in" in result.stdout and "10 file(s) renamed, 0 already renamed, 0 missing" in result.stdout
     for case in CASES:
         assert sorted(p.name for p in (root / case).iterdir()) == sorted(f"{part}.nii.gz" for part in PARTS)
     after = digests(root)
     expected = {f"{case}/{part}.nii.gz": before[f"{case}/{case}-{part}.nii.gz"] for case in CASES for part in PARTS}
     assert after == expected  # the same bytes under the new names
     config = json.loads((root / "1_rename_mri_data_brats2023_config.json").read_text())
-    assert config == {"data_dir": str(root)}
+    assert config == {"dataset": "brats2023", "data_dir": str(root)}
     result = rename(repo_root, root)  # twice: nothing to do, nothing changed
     assert result.returncode == 0, result.stderr
     assert "0 file(s) renamed, 10 already renamed" in result.stdout
@@ -58,7 +58,7 @@ def test_clash_names_the_folder_and_renames_nothing(tmp_path, repo_root):
     clash.unlink()
     result = rename(repo_root, root)
     assert result.returncode == 0, result.stderr
-    assert "9 file(s) renamed, 0 already renamed, 1 missing" in result.stdout and f"{CASES[0]}: seg" in result.stdout
+    assert "9 file(s) renamed, 0 already renamed, 1 missing" in result.stdout and f"{CASES[0]}: label" in result.stdout
 
 
 def test_missing_folder_and_help(tmp_path, repo_root):

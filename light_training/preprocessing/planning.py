@@ -20,7 +20,7 @@ from light_training.io import read_json, write_json
 from light_training.parallel import map_cases
 from light_training.preprocessing.normalization import intensity_statistics
 from light_training.preprocessing.preprocess import case_seed, nonzero_bounding_box
-from light_training.datasets import DatasetDescription
+from light_training.datasets import DatasetDescription, as_description
 from light_training.preprocessing.raw_cases import RawCase, read_raw_case
 from light_training.preprocessing.resampling import ANISOTROPY_THRESHOLD, shape_for_spacing
 
@@ -69,7 +69,7 @@ def plans_hash(plans: dict[str, Any]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def plan_dataset(raw_cases: Sequence[RawCase], description: DatasetDescription,
+def plan_dataset(raw_cases: Sequence[RawCase], description: DatasetDescription | str,
                  target_spacing: Sequence[float] | None = None, num_processes: int = 0,
                  skip_bad_cases: bool = False) -> dict[str, Any]:
     """Fingerprint every case and make the plan (a JSON-able dict; see the module docstring).
@@ -78,6 +78,7 @@ def plan_dataset(raw_cases: Sequence[RawCase], description: DatasetDescription,
     description): the median spacing of the dataset. Bad cases raise ``ValueError``, or with
     ``skip_bad_cases`` are left out and listed under ``"bad_cases"``.
     """
+    description = as_description(description)
     dataset = description.name
     requested = _check_spacing(description.target_spacing if target_spacing is None else target_spacing)
     if not raw_cases:
@@ -113,7 +114,7 @@ def plan_dataset(raw_cases: Sequence[RawCase], description: DatasetDescription,
     return plans
 
 
-def prepare_plans(path: str | Path, raw_cases: Sequence[RawCase], description: DatasetDescription,
+def prepare_plans(path: str | Path, raw_cases: Sequence[RawCase], description: DatasetDescription | str,
                   target_spacing: Sequence[float] | None = None, num_processes: int = 0,
                   overwrite: bool = False, skip_bad_cases: bool = False) -> dict[str, Any]:
     """Plan the dataset and write ``path`` (``plans.json``), or reuse the plan already there.
@@ -122,6 +123,7 @@ def prepare_plans(path: str | Path, raw_cases: Sequence[RawCase], description: D
     spacing and exactly these cases, none of them bad, unless ``overwrite``. A plan of another dataset
     raises ``ValueError`` (two datasets must not share a folder).
     """
+    description = as_description(description)
     path, dataset = Path(path), description.name
     previous = read_json(path) if path.is_file() else None
     if previous is not None and previous.get("dataset") != dataset:

@@ -12,7 +12,7 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 
-from light_training.datasets import DatasetDescription
+from light_training.datasets import DatasetDescription, as_description
 from light_training.io import Geometry, ImageReadError, read_image, read_label
 
 __all__ = ["RawCase", "NIFTI_ENDINGS", "layout_path", "find_raw_cases", "validate_case", "check_nifti_file",
@@ -68,7 +68,8 @@ def _first_existing(raw_dir: Path, patterns: Sequence[str], case: str, channel_i
     return next((c for c in candidates if c.is_file()), candidates[0])
 
 
-def find_raw_cases(raw_dir: str | Path, description: DatasetDescription, with_labels: bool = True) -> list[RawCase]:
+def find_raw_cases(raw_dir: str | Path, description: DatasetDescription | str,
+                   with_labels: bool = True) -> list[RawCase]:
     """The cases of a raw folder laid out as ``description.raw_layout`` says, sorted by case id.
 
     ``with_labels``: training data (``images`` + ``labels`` patterns); else a folder of scans to predict
@@ -76,7 +77,7 @@ def find_raw_cases(raw_dir: str | Path, description: DatasetDescription, with_la
     up, not read (a missing one is reported when the case is checked). A folder that does not exist
     raises ``ValueError``; an empty one gives ``[]``.
     """
-    raw_dir = Path(raw_dir)
+    raw_dir, description = Path(raw_dir), as_description(description)
     patterns = description.raw_layout["images" if with_labels else "unlabeled_images"]
     if not raw_dir.is_dir():
         raise ValueError(f"{raw_dir}: no such folder (expected {description.name} data laid out as "
@@ -166,7 +167,7 @@ def check_nifti_file(path: str | Path, allow_nonfinite: bool = False) -> np.ndar
     return None
 
 
-def read_raw_case(raw: RawCase, description: DatasetDescription,
+def read_raw_case(raw: RawCase, description: DatasetDescription | str,
                   replace_nonfinite: bool = False) -> tuple[np.ndarray, Geometry, np.ndarray | None]:
     """Read and check a case: image ``(C, Z, Y, X)`` float32, its geometry, label ``(Z, Y, X)`` uint8 or None.
 
@@ -175,6 +176,7 @@ def read_raw_case(raw: RawCase, description: DatasetDescription,
     voxels of an image become the smallest finite value of their sequence, with a ``UserWarning``
     naming the file (prediction may opt in; training data never does).
     """
+    description = as_description(description)
     names = description.channel_names
     if len(raw.image_files) != len(names):
         raise ValueError(f"{len(raw.image_files)} image file(s) but {description.name} has {len(names)} "
