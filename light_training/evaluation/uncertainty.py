@@ -37,8 +37,8 @@ from light_training.evaluation.metrics_brats import dice
 from light_training.evaluation.scoring import CaseMetric, CasePair, Evaluation, evaluate_folder
 from light_training.io import Geometry, ImageReadError, read_volume
 
-__all__ = ["UNCERTAINTY_SUFFIX", "uncertainty_columns", "auroc", "uncertainty_band", "uncertainty_scores",
-           "uncertainty_path", "case_uncertainty_scores", "evaluate_folder_with_uncertainty"]
+__all__ = ["UNCERTAINTY_SUFFIX", "UNCERTAINTY_COLUMNS", "uncertainty_columns", "auroc", "uncertainty_band",
+           "uncertainty_scores", "uncertainty_path", "uncertainty_extra", "evaluate_folder_with_uncertainty"]
 
 UNCERTAINTY_SUFFIX = "_uncertainty"  # <case>_uncertainty.nii.gz beside <case>.nii.gz
 
@@ -46,6 +46,9 @@ UNCERTAINTY_SUFFIX = "_uncertainty"  # <case>_uncertainty.nii.gz beside <case>.n
 def uncertainty_columns(discard_fraction: float = 0.05) -> tuple[str, str, str]:
     """``("unc_AUROC", "unc_Dice_discard<100 discard_fraction>", "Dice")``: ``unc_Dice_discard5`` for 0.05."""
     return "unc_AUROC", f"unc_Dice_discard{100 * discard_fraction:g}", "Dice"
+
+
+UNCERTAINTY_COLUMNS = uncertainty_columns()  # with the default discard_fraction 0.05
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -127,7 +130,7 @@ def uncertainty_path(prediction: str | Path) -> Path:
     return plain if plain.is_file() and not gz.is_file() else gz
 
 
-def case_uncertainty_scores(pair: CasePair, prediction: np.ndarray, ground_truth: np.ndarray, geometry: Geometry,
+def uncertainty_extra(pair: CasePair, prediction: np.ndarray, ground_truth: np.ndarray, geometry: Geometry,
                             band_voxels: int = 3, discard_fraction: float = 0.05) -> dict[str, float]:
     """The extra per-case function of :func:`~light_training.evaluation.scoring.evaluate_folder` that reads
     the case's uncertainty map beside its prediction and scores it (:func:`uncertainty_scores`).
@@ -161,6 +164,6 @@ def evaluate_folder_with_uncertainty(predictions: Mapping[str, Path], ground_tru
     _check_options(band_voxels, discard_fraction)
     if not any(uncertainty_path(path).is_file() for path in predictions.values()):
         return evaluate_folder(predictions, ground_truths, case_metric, columns, output_dir, name, **kwargs)
-    extra = partial(case_uncertainty_scores, band_voxels=band_voxels, discard_fraction=discard_fraction)
+    extra = partial(uncertainty_extra, band_voxels=band_voxels, discard_fraction=discard_fraction)
     return evaluate_folder(predictions, ground_truths, case_metric, columns, output_dir, name, extra_metric=extra,
                            extra_columns=uncertainty_columns(discard_fraction), **kwargs)
