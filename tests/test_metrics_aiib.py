@@ -1,6 +1,7 @@
 """AIIB2023 metrics on hand-built airways whose values are worked out in the comments."""
 import json
 import math
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -166,6 +167,19 @@ def test_ground_truth_without_branches_gives_nan_dbr():
     # A 3-voxel line: its skeleton has no piece of 5 voxels, so there is no branch to detect.
     metrics = aiib_case_metrics(line(2, 5), line(2, 5))
     assert math.isnan(metrics["DBR"]) and metrics["IoU"] == 1.0
+
+
+def test_ground_truth_with_an_empty_skeleton_gives_nan_dlr():
+    # Lee thinning removes every voxel of a 2x2x2 cube: no skeleton, so DLR = 0 / 0 and DBR = 0 / 0 (the
+    # official code gives NaN for both, with a numpy warning); IoU and precision are 1.
+    cube = np.zeros((6, 6, 6), dtype=np.uint8)
+    cube[2:4, 2:4, 2:4] = 1
+    assert not airway_skeleton(cube).any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division warning either
+        metrics = aiib_case_metrics(cube, cube)
+    assert math.isnan(metrics["DLR"]) and math.isnan(metrics["DBR"])
+    assert (metrics["IoU"], metrics["precision"], metrics["leakages"]) == (1.0, 1.0, 0.0)
 
 
 def test_bad_input_is_an_error():

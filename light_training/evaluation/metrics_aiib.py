@@ -24,7 +24,9 @@ Where the official code has no answer (it crashes or loops forever):
 - an empty prediction scores 0 everywhere, leakages included;
 - when neither the largest nor the second largest component reaches IoU 0.1, IoU, DLR, DBR and precision
   are 0 and leakages is computed from the largest component (what the prediction leaks is still measured);
-- a ground truth whose skeleton has no branch of 5 voxels gives DBR = NaN (summaries skip NaN);
+- a ground truth whose skeleton has no branch of 5 voxels gives DBR = NaN (summaries skip NaN), and one
+  whose skeleton is empty (Lee thinning removes every voxel of some small blobs, a 2x2x2 cube for one) gives
+  DLR = NaN as well (the official code divides 0 by 0 there too);
 - an empty ground truth is an error (every ratio divides by it); the scoring lists the case as unscored.
 
 Everything is computed in the bounding box of prediction and ground truth plus one voxel, which gives the
@@ -177,10 +179,10 @@ def aiib_case_metrics(prediction: np.ndarray, ground_truth: np.ndarray,
         dbr = float(np.count_nonzero(detected) / num_branches)
     else:
         dbr = float("nan")
-    airway_size = np.count_nonzero(airway)
+    airway_size, skeleton_size = np.count_nonzero(airway), np.count_nonzero(skeleton)
     return {
         "IoU": float(_iou(ground_truth, airway)),
-        "DLR": float(np.count_nonzero(airway & skeleton) / np.count_nonzero(skeleton)),
+        "DLR": float(np.count_nonzero(airway & skeleton) / skeleton_size) if skeleton_size else float("nan"),
         "DBR": dbr,
         "precision": float(np.count_nonzero(airway & ground_truth) / airway_size),
         "leakages": float(np.count_nonzero(airway & ~ground_truth) / gt_size),
