@@ -29,14 +29,15 @@ import SimpleITK as sitk
 from light_training.io import Geometry, ImageReadError, atomic_path, read_label, write_json
 from light_training.parallel import map_cases
 
-__all__ = ["MISSING_PREDICTION_POLICIES", "NO_PREDICTION", "CasePair", "Evaluation", "case_sort_key", "case_listing",
-           "format_unscored", "nifti_cases", "pair_cases", "read_geometry", "score_pair", "evaluate_pairs",
-           "summarize", "write_csv", "format_table", "evaluate_folder"]
+__all__ = ["MISSING_PREDICTION_POLICIES", "NO_PREDICTION", "UNCERTAINTY_SUFFIX", "CasePair", "Evaluation",
+           "case_sort_key", "case_listing", "format_unscored", "nifti_cases", "pair_cases", "read_geometry",
+           "score_pair", "evaluate_pairs", "summarize", "write_csv", "format_table", "evaluate_folder"]
 
 MISSING_PREDICTION_POLICIES = ("skip", "empty", "error")
 NO_PREDICTION = "no prediction"  # the reason given for a ground-truth case skipped for want of a prediction
 SUMMARY_KEYS = ("unscored", "scored_as_empty")  # the summary JSON's keys beside the columns
-IGNORED_SUFFIXES = ("_uncertainty",)  # <case>_uncertainty.nii.gz lie next to the predictions
+UNCERTAINTY_SUFFIX = "_uncertainty"  # <case>_uncertainty.nii.gz lie next to the predictions
+IGNORED_SUFFIXES = (UNCERTAINTY_SUFFIX,)  # files beside the predictions that are no predictions
 CaseMetric = Callable[[np.ndarray, np.ndarray, Sequence[float]], Mapping[str, float]]
 
 

@@ -34,13 +34,12 @@ from scipy import ndimage
 from scipy.stats import rankdata
 
 from light_training.evaluation.metrics_brats import dice
-from light_training.evaluation.scoring import CaseMetric, CasePair, Evaluation, evaluate_folder
+from light_training.evaluation.scoring import (UNCERTAINTY_SUFFIX, CaseMetric, CasePair, Evaluation,
+                                               evaluate_folder)
 from light_training.io import Geometry, ImageReadError, read_volume
 
-__all__ = ["UNCERTAINTY_SUFFIX", "UNCERTAINTY_COLUMNS", "uncertainty_columns", "auroc", "uncertainty_band",
-           "uncertainty_scores", "uncertainty_path", "uncertainty_extra", "evaluate_folder_with_uncertainty"]
-
-UNCERTAINTY_SUFFIX = "_uncertainty"  # <case>_uncertainty.nii.gz beside <case>.nii.gz
+__all__ = ["UNCERTAINTY_COLUMNS", "uncertainty_columns", "auroc", "uncertainty_band", "uncertainty_scores",
+           "uncertainty_path", "uncertainty_extra", "evaluate_folder_with_uncertainty"]
 
 
 def uncertainty_columns(discard_fraction: float = 0.05) -> tuple[str, str, str]:
