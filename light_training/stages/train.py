@@ -74,6 +74,9 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
         stream = make_training_stream(c["data_dir"], train_cases, c["patch_size"], c["batch_size"], c["augmentation"],
                                       c["num_workers"], seed=[c["seed"], dist.rank, trainer.start_epoch])
         validation = ValidationPatches(c["data_dir"], val_cases, c["patch_size"], c["num_val_patches"], c["seed"])
+        if dist.is_main and validation.without_foreground:
+            print(f"warning: validation case(s) without foreground left out of the pseudo Dice: "
+                  f"{', '.join(validation.without_foreground)}" + ("" if len(validation) else "; no validation"))
         if dist.is_main:
             print(f"fold {c['fold']}: {len(train_cases)} training cases, {len(val_cases)} validation cases; "
                   f"{c['model_variant']} ({c['model_preset']}) on {device} x {dist.world_size}, precision "

@@ -159,7 +159,8 @@ class PatchLoader(SlimDataLoaderBase):
 
 class ValidationPatches:
     """A fixed list of validation patches: ``num_patches`` patches of ``patch_size``, taken in turn from
-    each case and centred on a random foreground voxel (a random patch in a case without foreground).
+    each case and centred on a random foreground voxel; cases without foreground are left out (listed in
+    ``without_foreground``).
     The choice depends on ``seed`` only, so every validation sees the same patches and the pseudo Dice
     of successive epochs can be compared. Patches are read on demand, not kept in memory."""
 
@@ -168,9 +169,16 @@ class ValidationPatches:
         self.data_dir = Path(data_dir)
         self.patch_size = np.asarray(patch_size, dtype=int)
         self.boxes: list[tuple[str, np.ndarray]] = []
+        self.without_foreground: list[str] = []
         if not cases:
             return
         cases = _check_cases(data_dir, cases)
+        # a case without foreground would only add false positives to the pseudo Dice (a lone one makes
+        # it 0): such cases are left out of validation, and listed
+        self.without_foreground = [c for c in cases if not any(load_case(self.data_dir, c)[2]["class_locations"].values())]
+        cases = [c for c in cases if c not in self.without_foreground]
+        if not cases:
+            return
         rng = np.random.default_rng(seed)
         for i in range(num_patches):
             case = cases[i % len(cases)]
