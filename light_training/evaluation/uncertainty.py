@@ -130,7 +130,7 @@ def uncertainty_path(prediction: str | Path) -> Path:
 
 
 def uncertainty_extra(pair: CasePair, prediction: np.ndarray, ground_truth: np.ndarray, geometry: Geometry,
-                            band_voxels: int = 3, discard_fraction: float = 0.05) -> dict[str, float]:
+                      band_voxels: int = 3, discard_fraction: float = 0.05) -> dict[str, float]:
     """The extra per-case function of :func:`~light_training.evaluation.scoring.evaluate_folder` that reads
     the case's uncertainty map beside its prediction and scores it (:func:`uncertainty_scores`).
 
