@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from light_training.io import Geometry, write_volume
+from light_training.evaluation.metrics_aiib import AIIB_COLUMNS
 from light_training.evaluation.metrics_brats import BRATS_COLUMNS
+from light_training.evaluation.uncertainty import UNCERTAINTY_COLUMNS
 
 AIIB_SCRIPT = "4_compute_metrics_aiib2023.py"
 BRATS_SCRIPT = "brats2023/5_compute_metrics_brats2023.py"
@@ -58,14 +60,15 @@ def test_aiib_script_on_a_folder_pair(repo_root, tmp_path, aiib_folders):
                  "--num_processes=2")
     assert result.returncode == 0, result.stderr
     header, rows = read_csv(out / "my_predictions.csv")  # named after the predictions' folder
-    assert header == ["case", "IoU", "DLR", "DBR", "precision", "leakages"]
+    # an uncertainty map lies beside AIIB23_1: the uncertainty columns follow the AIIB ones
+    assert header == ["case", "IoU", "DLR", "DBR", "precision", "leakages", *UNCERTAINTY_COLUMNS]
     assert [row["case"] for row in rows] == ["AIIB23_1", "AIIB23_2", "AIIB23_10"]  # natural order
-    values = [{k: float(v) for k, v in row.items() if k != "case"} for row in rows]
+    values = [{k: float(v) for k, v in row.items() if k in AIIB_COLUMNS} for row in rows]
     assert values[0] == pytest.approx({"IoU": 0.5, "DLR": 0.5, "DBR": 0.0, "precision": 1.0, "leakages": 0.0})
     assert values[1] == pytest.approx({"IoU": 1.0, "DLR": 1.0, "DBR": 1.0, "precision": 1.0, "leakages": 0.0})
     assert values[2] == {"IoU": 0.0, "DLR": 0.0, "DBR": 0.0, "precision": 0.0, "leakages": 0.0}
     summary = json.loads((out / "my_predictions_summary.json").read_text())
-    assert set(summary) == {"IoU", "DLR", "DBR", "precision", "leakages", "unscored", "scored_as_empty"}
+    assert set(summary) == {*AIIB_COLUMNS, *UNCERTAINTY_COLUMNS, "unscored", "scored_as_empty"}
     assert summary["unscored"] == {} and summary["scored_as_empty"] == []
     # IoU 0.5, 1, 0: mean 0.5, median 0.5, std sqrt((0 + 0.25 + 0.25) / 3); DBR 0, 1, 0: mean 1/3, median 0.
     assert summary["IoU"] == pytest.approx({"mean": 0.5, "std": math.sqrt(1 / 6), "median": 0.5})
@@ -87,7 +90,7 @@ def test_aiib_script_default_layout_and_missing_predictions(repo_root, tmp_path,
     assert result.returncode == 0, result.stderr
     _, rows = read_csv(tmp_path / "prediction_results" / "result_metrics" / "diffunet.csv")
     assert [row["case"] for row in rows] == ["AIIB23_1", "AIIB23_2"]  # skipped, and said so
-    assert "not scored, no prediction: 1 case(s) (AIIB23_10)" in result.stdout
+    assert "not scored: 1 case(s)" in result.stdout and "AIIB23_10: no prediction" in result.stdout
     result = run(repo_root, AIIB_SCRIPT, "--missing_predictions=empty", "--num_processes=0", cwd=tmp_path)
     _, rows = read_csv(tmp_path / "prediction_results" / "result_metrics" / "diffunet.csv")
     assert [row["case"] for row in rows] == ["AIIB23_1", "AIIB23_2", "AIIB23_10"] and rows[2]["IoU"] == "0.0"
@@ -139,8 +142,8 @@ def test_brats_script_on_raw_layout(repo_root, tmp_path):
     assert result.returncode == 0, result.stderr
     header, rows = read_csv(out / "diffunet.csv")
     assert header == ["case"] + [f"{r}_{m}" for r in ("WT", "TC", "ET") for m in (
-        "Dice", "HD95", "LesionWise_Dice", "LesionWise_HD95", "Num_TP", "Num_FP", "Num_FN")]
-    assert header[1:] == list(BRATS_COLUMNS)
+        "Dice", "HD95", "LesionWise_Dice", "LesionWise_HD95", "Num_TP", "Num_FP", "Num_FN")] + list(UNCERTAINTY_COLUMNS)
+    assert header[1:len(BRATS_COLUMNS) + 1] == list(BRATS_COLUMNS)
     missed, exact = rows
     assert missed["case"] == "BraTS-GLI-00002-000" and exact["case"] == "BraTS-GLI-00010-000"
     # Worked out in tests/test_metrics_brats.py::test_two_lesions_one_missed_and_empty_et.
@@ -152,7 +155,8 @@ def test_brats_script_on_raw_layout(repo_root, tmp_path):
     assert all(float(exact[f"{r}_Dice"]) == 1.0 and float(exact[f"{r}_HD95"]) == 0.0 for r in ("WT", "TC", "ET"))
     assert [exact[f"{r}_Num_TP"] for r in ("WT", "TC", "ET")] == ["1", "1", "1"]
     summary = json.loads((out / "diffunet_summary.json").read_text())
-    assert list(summary) == [*BRATS_COLUMNS, "unscored", "scored_as_empty"] and summary["unscored"] == {}
+    assert list(summary) == [*BRATS_COLUMNS, *UNCERTAINTY_COLUMNS, "unscored", "scored_as_empty"]
+    assert summary["unscored"] == {}
     assert summary["WT_LesionWise_Dice"] == pytest.approx({"mean": 0.75, "std": 0.25, "median": 0.75})
     assert summary["WT_Num_FN"] == pytest.approx({"mean": 0.5, "std": 0.5, "median": 0.5})
     assert (out / "diffunet_config.json").is_file()

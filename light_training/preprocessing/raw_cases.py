@@ -15,7 +15,7 @@ import numpy as np
 from light_training.datasets import DatasetDescription, as_description
 from light_training.io import Geometry, ImageReadError, read_image, read_label
 
-__all__ = ["RawCase", "NIFTI_ENDINGS", "layout_path", "find_raw_cases", "validate_case", "check_nifti_file",
+__all__ = ["RawCase", "NIFTI_ENDINGS", "layout_path", "find_raw_cases", "find_label_files", "validate_case", "check_nifti_file",
            "read_raw_case"]
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")  # a case's files are matched by name whatever their NIfTI ending
@@ -68,6 +68,28 @@ def _first_existing(raw_dir: Path, patterns: Sequence[str], case: str, channel_i
     return next((c for c in candidates if c.is_file()), candidates[0])
 
 
+def _matching_cases(raw_dir: Path, patterns: Sequence[str], description: DatasetDescription) -> dict[str, Path]:
+    """``{case: first matching file}`` of the files under ``raw_dir`` that match one of ``patterns``."""
+    found: dict[str, Path] = {}
+    for pattern in patterns:
+        regex = _pattern_regex(pattern, description)
+        glob = re.sub(r"\*+", "*", re.sub(r"{\w+}", "*", pattern))
+        for path in sorted(raw_dir.glob(glob)):
+            match = regex.fullmatch(path.relative_to(raw_dir).as_posix())
+            if match and path.is_file():
+                found.setdefault(match.group("case"), path)
+    return found
+
+
+def find_label_files(raw_dir: str | Path, description: DatasetDescription | str) -> dict[str, Path]:
+    """``{case: label file}`` of a raw folder by the description's ``labels`` patterns (images not needed)."""
+    raw_dir, description = Path(raw_dir), as_description(description)
+    if not raw_dir.is_dir():
+        raise ValueError(f"{raw_dir}: no such folder (expected labels laid out as "
+                         f"{' or '.join(description.raw_layout['labels'])})")
+    return dict(sorted(_matching_cases(raw_dir, description.raw_layout["labels"], description).items()))
+
+
 def find_raw_cases(raw_dir: str | Path, description: DatasetDescription | str,
                    with_labels: bool = True) -> list[RawCase]:
     """The cases of a raw folder laid out as ``description.raw_layout`` says, sorted by case id.
@@ -82,16 +104,8 @@ def find_raw_cases(raw_dir: str | Path, description: DatasetDescription | str,
     if not raw_dir.is_dir():
         raise ValueError(f"{raw_dir}: no such folder (expected {description.name} data laid out as "
                          f"{' or '.join(patterns)})")
-    found: set[str] = set()
-    for pattern in patterns:
-        regex = _pattern_regex(pattern, description)
-        glob = re.sub(r"\*+", "*", re.sub(r"{\w+}", "*", pattern))
-        for path in raw_dir.glob(glob):
-            match = regex.fullmatch(path.relative_to(raw_dir).as_posix())
-            if match and path.is_file():
-                found.add(match.group("case"))
     cases = []
-    for case in sorted(found):
+    for case in sorted(_matching_cases(raw_dir, patterns, description)):
         images = [_first_existing(raw_dir, patterns, case, c, description) for c in range(len(description.channel_names))]
         label = (_first_existing(raw_dir, description.raw_layout["labels"], case, None, description)
                  if with_labels else None)

@@ -28,9 +28,9 @@ class StageFailed(RuntimeError):
     """A stage could not finish; the message says why and what was kept."""
 
 
-def write_config(config: dict[str, Any], script: str, folder: str | Path) -> Path:
-    """Write the resolved constants as ``<folder>/<script stem>_config.json`` (atomically)."""
-    path = Path(folder) / f"{Path(script).stem}_config.json"
+def write_config(config: dict[str, Any], script: str, folder: str | Path, stem: str | None = None) -> Path:
+    """Write the resolved constants as ``<folder>/<stem or the script's stem>_config.json`` (atomically)."""
+    path = Path(folder) / f"{stem or Path(script).stem}_config.json"
     write_json(config, path)
     return path
 

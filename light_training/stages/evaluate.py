@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from light_training.datasets import DatasetDescription, load_dataset
-from light_training.preprocessing.raw_cases import find_raw_cases
+from light_training.preprocessing.raw_cases import find_label_files
 from light_training.stages import write_config
 
 __all__ = ["metric_for", "evaluate"]
@@ -39,7 +39,7 @@ def evaluate(config: dict[str, Any], script: str) -> Any:
     table per region and the cases that could not be scored with the reason.
     """
     from light_training.evaluation.scoring import evaluate_folder, format_table, format_unscored, nifti_cases
-    from light_training.evaluation.uncertainty import UNCERTAINTY_COLUMNS, uncertainty_extra
+    from light_training.evaluation.uncertainty import UNCERTAINTY_COLUMNS, UNCERTAINTY_SUFFIX, uncertainty_extra
 
     c = config
     description = load_dataset(c["dataset"])
@@ -55,22 +55,22 @@ def evaluate(config: dict[str, Any], script: str) -> Any:
         gt_source, ground_truths = Path(str(c["gt_dir"])), nifti_cases(str(c["gt_dir"]))
     else:
         gt_source = Path(c["raw_dir"])
-        ground_truths = {raw.case: raw.label_file for raw in find_raw_cases(gt_source, description)
-                         if raw.label_file is not None and raw.label_file.is_file()}
+        ground_truths = find_label_files(gt_source, description)
     if not ground_truths:
         raise ValueError(f"{gt_source}: no ground truth found (give --raw_dir or --gt_dir)")
     case_metric, columns, groups = metric_for(description)
+    # with uncertainty maps beside the predictions, also how well they rank wrong voxels
+    has_uncertainty = any(p.name.endswith(f"{UNCERTAINTY_SUFFIX}.nii.gz") for p in pred_dir.iterdir())
+    extra = dict(extra_metric=uncertainty_extra, extra_columns=UNCERTAINTY_COLUMNS) if has_uncertainty else {}
     result = evaluate_folder(nifti_cases(pred_dir), ground_truths, case_metric, columns, c["output_dir"], name,
-                             c["missing_predictions"], c["num_processes"], c["strict"],
-                             extra_metric=uncertainty_extra, extra_columns=UNCERTAINTY_COLUMNS)
-    write_config(c, script, c["output_dir"])
+                             c["missing_predictions"], c["num_processes"], c["strict"], **extra)
+    write_config(c, script, c["output_dir"], stem=name)  # <pred>_config.json beside <pred>.csv
     print(f"\n{description.name} metrics ({description.metrics}) of {pred_dir} against {gt_source} "
           f"({len(result.rows)} cases scored)")
-    has_uncertainty = any(row.get(UNCERTAINTY_COLUMNS[0]) is not None for row in result.rows)
     for group in groups + ([list(UNCERTAINTY_COLUMNS)] if has_uncertainty else []):
         print()
         print(format_table(result.rows, group, result.summary))
     if result.unscored:
-        print(f"\n{format_unscored(result.unscored)}")
+        print(f"\nnot scored: {len(result.unscored)} case(s)\n{format_unscored(result.unscored)}")
     print(f"wrote {result.csv_path} and {result.summary_path}")
     return result
