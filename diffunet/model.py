@@ -15,10 +15,11 @@ import torch
 from torch import nn
 
 from diffunet.boundary import boundary_target
-from diffunet.diffusion import T_MAX, LabelEmbedding, alpha_sigma, ddim_times, noise_labels
-from diffunet.presets import FUSIONS, check_patch_size, resolve_config, stage_strides
+from diffunet.diffusion import T_MAX, LabelEmbedding, alpha_sigma, ddim_times, logsnr_cosine, noise_labels
+from diffunet.presets import FUSIONS, check_image, check_patch_size, resolve_config, stage_strides
 from diffunet.pure import StepFusion, normalized_entropy
-from diffunet.unet import BoundaryUNet, DenoiseUNet
+from diffunet.uncertainty import MemberMean, SampleOutput, uncertainty_map
+from diffunet.unet import DenoiseUNet, ImageUNet
 
 __all__ = ["DiffUNet", "DiffUNetOutput"]
 
@@ -56,8 +57,8 @@ class DiffUNet(nn.Module):
         c = self.config
         strides = stage_strides(c["strides"])
         self.num_classes = c["num_classes"]
-        self.boundary = BoundaryUNet(c["in_channels"], self.num_classes, c["features"], strides,
-                                     c["convs_per_stage"], c["kernel_size"])
+        self.boundary = ImageUNet(c["in_channels"], self.num_classes, c["features"], strides,
+                                  c["convs_per_stage"], c["kernel_size"])
         self.denoiser = DenoiseUNet(c["in_channels"], self.num_classes, c["features"], strides, c["convs_per_stage"],
                                     c["kernel_size"], c["time_dim"], c["time_fourier_dim"], c["mba"])
         self.label_embedding = LabelEmbedding(self.num_classes, c["bit_scale"])
@@ -66,11 +67,6 @@ class DiffUNet(nn.Module):
     def check_patch_size(self, patch_size: Sequence[int]) -> None:
         """Raise ValueError (listing sizes that work) unless the network can divide ``patch_size`` (z, y, x)."""
         check_patch_size(patch_size, self.config["strides"])
-
-    def _check_image(self, image: torch.Tensor) -> None:
-        if image.ndim != 5 or image.shape[1] != self.config["in_channels"]:
-            raise ValueError(f"image must be (B, {self.config['in_channels']}, D, H, W), got {tuple(image.shape)}")
-        self.check_patch_size(image.shape[2:])
 
     def _check_label(self, image: torch.Tensor, label: torch.Tensor) -> None:
         if label.shape != (image.shape[0], *image.shape[2:]):
@@ -84,6 +80,17 @@ class DiffUNet(nn.Module):
     def _boundary_terms(self, features: list[torch.Tensor]) -> list[torch.Tensor] | None:
         return self.denoiser.mba.prepare(features) if self.denoiser.mba is not None else None
 
+    def boundary_labels(self, label: torch.Tensor) -> torch.Tensor:
+        """What the boundary branch is trained on, for a class map ``label`` (B, D, H, W): with
+        ``boundary_target="boundary"`` (the paper) the labelled voxels that have a voxel of another label
+        within ``boundary_width`` voxels, keeping their class, every other voxel 0
+        (:func:`diffunet.boundary.boundary_target`); with ``"segmentation"`` (the release) ``label`` itself.
+        (B, D, H, W) int64."""
+        label = label.long()
+        if self.config["boundary_target"] == "boundary":
+            return boundary_target(label, self.config["boundary_width"])
+        return label
+
     # ---------------------------------------------------------------- training
     def forward(self, image: torch.Tensor, label: torch.Tensor) -> DiffUNetOutput:
         """Training forward.
@@ -95,12 +102,12 @@ class DiffUNet(nn.Module):
             target, and the MC-Diff uncertainty (mean logits of K more no-grad passes at independent t,
             softmax, entropy / log K).
         """
-        self._check_image(image)
+        check_image(image, self.config)
         self._check_label(image, label)
         c = self.config
         label = label.long()
         boundary_logits, features = self.boundary(image)
-        target = boundary_target(label, c["boundary_width"]) if c["boundary_target"] == "boundary" else label
+        target = self.boundary_labels(label)
         terms = self._boundary_terms(features)
         x0 = _like_layout(self.label_embedding(label), image)  # (B, K, D, H, W)
         t = torch.rand(image.shape[0], device=image.device) * T_MAX
@@ -118,25 +125,29 @@ class DiffUNet(nn.Module):
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
-    def sample(self, image: torch.Tensor, steps: int | None = None, rand_steps: int | None = None,
-               fusion: str | None = None, generator: torch.Generator | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """DDIM sampling with step fusion.
+    def sample_members(self, image: torch.Tensor, steps: int | None = None, rand_steps: int | None = None,
+                       fusion: str | None = None, generator: torch.Generator | None = None,
+                       return_boundary: bool = False) -> SampleOutput:
+        """DDIM sampling with step fusion, keeping what the uncertainty maps need.
 
         The boundary branch runs once; its MBA terms are reused by every step. Step i: logits_i =
-        denoiser(image, x_t, t_now); x0_hat = embedding(argmax logits_i); eps_hat = (x_t - alpha x0_hat) /
-        sigma; x_next = alpha_next x0_hat + sigma_next eps_hat. ``rand_steps`` independent starts run as
-        one batch and their logits are averaged per step; the T step predictions are fused by ``fusion``.
+        denoiser(image, x_t, time input) with time input t_now, or log-SNR(t_now) when the config's
+        ``sampling_time_input`` is "logsnr" (the release); x0_hat = embedding(argmax logits_i); eps_hat =
+        (x_t - alpha x0_hat) / sigma; x_next = alpha_next x0_hat + sigma_next eps_hat. ``rand_steps``
+        independent starts run as one batch; their logits are averaged per step and the T step
+        predictions fused by ``fusion``. Each start's step is a member of the uncertainty
+        (:mod:`diffunet.uncertainty`): R x T members. With ``add_boundary_logits`` (the release) the
+        boundary logits are added to the fused logits and to every member's.
 
         Args:
             image: ``(B, C, D, H, W)``; works under torch.autocast and with channels_last_3d input.
             steps, rand_steps, fusion: override the config's values for this call.
             generator: for the starting noise (default: the global RNG, so ``torch.manual_seed`` repeats a call).
+            return_boundary: also run the boundary decoder and return its logits (validation).
         Returns:
-            probabilities ``(B, K, D, H, W)`` float32 summing to 1 over K, and uncertainty ``(B, D, H, W)``
-            float32 in [0, 1] (normalised entropy of the fused probabilities).
+            :class:`~diffunet.uncertainty.SampleOutput`; ``probs`` sum to 1 over K.
         """
-        self._check_image(image)
+        check_image(image, self.config)
         c = self.config
         steps = int(c["steps"] if steps is None else steps)
         starts = int(c["rand_steps"] if rand_steps is None else rand_steps)
@@ -145,19 +156,24 @@ class DiffUNet(nn.Module):
             raise ValueError(f"need steps >= 1, rand_steps >= 1 and fusion in {FUSIONS}, "
                              f"got {steps}, {starts}, {fusion!r}")
         b, _, *spatial = image.shape
-        if c["add_boundary_logits"]:
+        if c["add_boundary_logits"] or return_boundary:
             boundary_logits, features = self.boundary(image)
+            boundary_logits = boundary_logits.float()
         else:  # the boundary decoder is only trained, never needed here
             boundary_logits, features = None, self.boundary.encode(image)
+        added = boundary_logits if c["add_boundary_logits"] else None
         terms = self._boundary_terms(features)
         images = image.repeat(starts, 1, 1, 1, 1) if starts > 1 else image  # (R * B, C, D, H, W)
         x_t = torch.randn((starts * b, self.num_classes, *spatial), generator=generator, device=image.device)
         x_t = _like_layout(x_t, image)
-        fuser = StepFusion(steps, fusion)
+        fuser, members = StepFusion(steps, fusion), MemberMean()
         for i, (t_now, t_next) in enumerate(ddim_times(steps)):
             t = torch.full((starts * b,), t_now, device=image.device)
-            logits = self.denoiser(images, x_t, t, terms)  # (R * B, K, D, H, W)
-            fuser.add(logits.unflatten(0, (starts, b)).float().mean(0))
+            t_in = logsnr_cosine(t) if c["sampling_time_input"] == "logsnr" else t
+            logits = self.denoiser(images, x_t, t_in, terms)  # (R * B, K, D, H, W)
+            per_start = logits.unflatten(0, (starts, b)).float()  # (R, B, K, D, H, W)
+            fuser.add(per_start.mean(0))
+            members.add(torch.softmax(per_start if added is None else per_start + added, dim=2))
             if i == steps - 1:
                 break
             x0_hat = self.label_embedding(logits.argmax(dim=1))
@@ -166,6 +182,18 @@ class DiffUNet(nn.Module):
             eps_hat = (x_t - alpha * x0_hat) / sigma.clamp(min=1e-8)
             x_t = _like_layout(alpha_next * x0_hat + sigma_next * eps_hat, image)  # one layout: no recompiles
         probs = fuser.result()
-        if boundary_logits is not None:  # the release: fused logits + boundary logits
-            probs = torch.softmax(probs.clamp(min=1e-12).log() + boundary_logits.float(), dim=1)
-        return probs, normalized_entropy(probs)
+        if added is not None:  # the release: fused logits + boundary logits
+            probs = torch.softmax(probs.clamp(min=1e-12).log() + added, dim=1)
+        member_probs, member_entropy = members.result()
+        return SampleOutput(probs, member_probs, member_entropy, members.count,
+                            boundary_logits if return_boundary else None)
+
+    @torch.no_grad()
+    def sample(self, image: torch.Tensor, steps: int | None = None, rand_steps: int | None = None,
+               fusion: str | None = None, generator: torch.Generator | None = None,
+               uncertainty: str = "total") -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`sample_members` reduced to probabilities ``(B, K, D, H, W)`` float32 (summing to 1 over K)
+        and the ``uncertainty`` map ``(B, D, H, W)`` float32 in [0, 1] (see :mod:`diffunet.uncertainty`;
+        default the total predictive entropy over the R x T members)."""
+        output = self.sample_members(image, steps, rand_steps, fusion, generator)
+        return output.probs, uncertainty_map(uncertainty, output)

@@ -9,11 +9,14 @@ import difflib
 import math
 from typing import Any, Callable
 
-__all__ = ["PRESETS", "FUSIONS", "BOUNDARY_TARGETS", "paper", "tiny", "resolve_config", "stage_strides",
-           "total_strides", "check_patch_size"]
+from diffunet.pure import FUSIONS
 
-FUSIONS = ("pure", "mean", "last")
+__all__ = ["PRESETS", "FUSIONS", "BOUNDARY_TARGETS", "SAMPLING_TIME_INPUTS", "ARCHITECTURE_KEYS", "paper", "tiny",
+           "resolve_config", "stage_strides", "total_strides", "check_patch_size", "check_image"]
+
 BOUNDARY_TARGETS = ("boundary", "segmentation")
+SAMPLING_TIME_INPUTS = ("t", "logsnr")
+ARCHITECTURE_KEYS = ("features", "strides", "convs_per_stage", "kernel_size")  # the U-Net shape of a preset
 
 
 def _defaults() -> dict[str, Any]:
@@ -33,6 +36,8 @@ def _defaults() -> dict[str, Any]:
         "boundary_target": "boundary",  # "boundary" (paper) or "segmentation" (release)
         "boundary_width": 1,  # neighbourhood radius in voxels of the boundary target
         "add_boundary_logits": False,  # release: add the boundary logits to the fused logits ("segmentation" only)
+        "sampling_time_input": "t",  # what the time embedding gets when sampling: "t" (as in training) or
+        #                              "logsnr" (log-SNR(t): the release's sampling, for converted release weights)
     }
 
 
@@ -86,6 +91,13 @@ def check_patch_size(patch_size, strides: list) -> None:
                          f"e.g. {examples}")
 
 
+def check_image(image, config: dict[str, Any]) -> None:
+    """Raise ValueError unless ``image`` is ``(B, in_channels, D, H, W)`` with a patch size the network fits."""
+    if image.ndim != 5 or image.shape[1] != config["in_channels"]:
+        raise ValueError(f"image must be (B, {config['in_channels']}, D, H, W), got {tuple(image.shape)}")
+    check_patch_size(image.shape[2:], config["strides"])
+
+
 def resolve_config(in_channels: int, num_classes: int, preset: str = "paper", **overrides: Any) -> dict[str, Any]:
     """Preset entries with ``overrides`` applied and checked; raises ValueError on unknown or bad values."""
     if preset not in PRESETS:
@@ -109,6 +121,9 @@ def resolve_config(in_channels: int, num_classes: int, preset: str = "paper", **
         raise ValueError(f"fusion must be one of {FUSIONS}, got {config['fusion']!r}")
     if config["boundary_target"] not in BOUNDARY_TARGETS:
         raise ValueError(f"boundary_target must be one of {BOUNDARY_TARGETS}, got {config['boundary_target']!r}")
+    if config["sampling_time_input"] not in SAMPLING_TIME_INPUTS:
+        raise ValueError(f"sampling_time_input must be one of {SAMPLING_TIME_INPUTS}, "
+                         f"got {config['sampling_time_input']!r}")
     if config["add_boundary_logits"] and config["boundary_target"] != "segmentation":
         raise ValueError("add_boundary_logits=True needs boundary_target='segmentation' (the release's setting): "
                          "a branch trained on boundaries would mark object interiors as background")

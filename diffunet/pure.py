@@ -1,11 +1,19 @@
-"""PURE (progressive uncertainty-driven refinement) and the other ways to fuse the DDIM step predictions."""
+"""PURE (progressive uncertainty-driven refinement) and the other ways to fuse the DDIM step predictions.
+
+PURE's weight of step i (0-based) of T at a voxel: w_i = exp(sigmoid((i + 1) / T) * (1 - u_i)), u_i the
+normalised entropy of that step's probabilities; later steps and more certain voxels weigh more.
+:func:`pure_step_weight` is the one place that computes it.
+"""
 from __future__ import annotations
 
 import math
 
 import torch
 
-__all__ = ["normalized_entropy", "pure_weights", "weighted_mean", "StepFusion", "fuse_steps"]
+__all__ = ["FUSIONS", "normalized_entropy", "pure_step_weight", "pure_weights", "weighted_mean", "StepFusion",
+           "fuse_steps"]
+
+FUSIONS = ("pure", "mean", "last")
 
 
 def normalized_entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -16,13 +24,16 @@ def normalized_entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return (ent / math.log(k)).clamp(0.0, 1.0)
 
 
+def pure_step_weight(probs: torch.Tensor, step: int, steps: int) -> torch.Tensor:
+    """PURE weight w_i = exp(sigmoid((i + 1) / T) (1 - u_i)) of step ``step`` = i of ``steps`` = T.
+    ``probs`` (B, K, ...) -> (B, ...) float32."""
+    ramp = 1 / (1 + math.exp(-(step + 1) / steps))  # sigmoid((i + 1) / T)
+    return torch.exp(ramp * (1 - normalized_entropy(probs)))
+
+
 def pure_weights(probs: torch.Tensor) -> torch.Tensor:
-    """PURE weights w_i = exp(sigmoid((i + 1) / T) * (1 - u_i)) per step and voxel:
-    later steps and more certain voxels weigh more. ``probs`` (T, B, K, ...) -> (T, B, ...)."""
-    steps = probs.shape[0]
-    u = normalized_entropy(probs, dim=2)  # (T, B, ...)
-    ramp = torch.sigmoid(torch.arange(1, steps + 1, device=probs.device, dtype=torch.float32) / steps)
-    return torch.exp(ramp.view(-1, *([1] * (u.ndim - 1))) * (1 - u))
+    """:func:`pure_step_weight` of every step: ``probs`` (T, B, K, ...) -> (T, B, ...)."""
+    return torch.stack([pure_step_weight(p, i, probs.shape[0]) for i, p in enumerate(probs)])
 
 
 def weighted_mean(probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -39,8 +50,8 @@ class StepFusion:
     """
 
     def __init__(self, steps: int, fusion: str = "pure"):
-        if fusion not in ("pure", "mean", "last"):
-            raise ValueError(f"fusion must be 'pure', 'mean' or 'last', got {fusion!r}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         self.steps, self.fusion, self.count = steps, fusion, 0
         self.numerator: torch.Tensor | None = None
         self.denominator: torch.Tensor | None = None
@@ -51,10 +62,8 @@ class StepFusion:
         i, self.count = self.count, self.count + 1
         if self.fusion == "pure":
             probs = torch.softmax(logits, dim=1)
-            # w_i = exp(sigmoid((i + 1) / T) * (1 - u_i)), see pure_weights
-            ramp = 1 / (1 + math.exp(-(i + 1) / self.steps))  # sigmoid((i + 1) / T)
-            w = torch.exp(ramp * (1 - normalized_entropy(probs)))
-            num, den = w[:, None] * probs, w[:, None]
+            w = pure_step_weight(probs, i, self.steps)[:, None]
+            num, den = w * probs, w
         elif self.fusion == "mean":
             num, den = logits, None
         else:

@@ -1,4 +1,5 @@
-"""The two 3D U-Nets of nnU-Net's plain shape: the boundary branch and the time-conditioned denoiser.
+"""The 3D U-Nets of nnU-Net's plain shape: the image U-Net (boundary branch, plain baseline) and the
+time-conditioned denoiser.
 
 Every conv block is nnU-Net's conv (with bias) -> instance norm (affine) -> LeakyReLU, built from
 dynamic_network_architectures; down-sampling by strided convs, up-sampling by transposed convs,
@@ -16,7 +17,7 @@ from torch import nn
 from diffunet.diffusion import TimeEmbedding
 from diffunet.mba import MBA
 
-__all__ = ["conv_settings", "TimeConvBlocks", "Decoder", "BoundaryUNet", "DenoiseUNet"]
+__all__ = ["conv_settings", "TimeConvBlocks", "Decoder", "ImageUNet", "DenoiseUNet"]
 
 
 def conv_settings() -> dict[str, Any]:
@@ -73,8 +74,9 @@ class Decoder(nn.Module):
         return self.head(x)
 
 
-class BoundaryUNet(nn.Module):
-    """Boundary branch: image -> boundary logits, plus its encoder features of every stage for MBA."""
+class ImageUNet(nn.Module):
+    """nnU-Net's plain U-Net on the image: logits, plus its encoder features of every stage (for MBA).
+    Diff-UNet's boundary branch, and the plain U-Net baseline (:mod:`diffunet.baseline`)."""
 
     def __init__(self, in_channels: int, num_classes: int, features: list[int], strides: list,
                  convs_per_stage: int, kernel_size: int):

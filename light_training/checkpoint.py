@@ -36,7 +36,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``: tensors and plain values only).
 
-    Raises ValueError naming the file when it is missing, unreadable or not a Diff-UNet checkpoint.
+    Raises ValueError naming the file when it is missing, unreadable or not a checkpoint of this project.
     """
     path = Path(path)
     if not path.is_file():
@@ -45,18 +45,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, foreign pickle, ...
         raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+    if isinstance(checkpoint, dict) and any(str(k).split(".")[0] in ("edge_model", "module") for k in checkpoint):
+        raise ValueError(f"{path}: a state dict of the original Diff-UNet release, not a checkpoint of this project; "
+                         f"convert it first: python -m diffunet.convert_release {path} converted.pt")
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in _REQUIRED_KEYS):
-        raise ValueError(f"{path}: not a Diff-UNet checkpoint (expected the keys {list(_REQUIRED_KEYS)})")
+        raise ValueError(f"{path}: not a checkpoint of this project (expected the keys {list(_REQUIRED_KEYS)})")
     return checkpoint
 
 
 def build_model(checkpoint: dict[str, Any]) -> torch.nn.Module:
-    """The model of a checkpoint, rebuilt from ``model_config`` with its weights, in eval mode on the CPU."""
-    from diffunet import DiffUNet  # here: the checkpoint module itself does not need the model package
+    """The model of a checkpoint, rebuilt from ``model_class`` ("DiffUNet" or "PlainUNet") and
+    ``model_config`` with its weights (strictly: every key must match), in eval mode on the CPU."""
+    from diffunet import network_from_config  # here: the checkpoint module itself does not need the model package
 
-    if checkpoint.get("model_class") != "DiffUNet":
-        raise ValueError(f"checkpoint holds a {checkpoint.get('model_class')!r}, expected 'DiffUNet'")
-    model = DiffUNet(**checkpoint["model_config"])
+    model = network_from_config(checkpoint.get("model_class"), checkpoint["model_config"])
     model.load_state_dict(checkpoint["model"])
     return model.eval()
 
