@@ -1,11 +1,12 @@
-"""Tests for light_training/loss.py: values worked out by hand, the lambda ramp, per-voxel weighting."""
+"""Tests for light_training/training/loss.py: values worked out by hand, the lambda ramp, per-voxel weighting,
+the boundary DC+CE, the plain U-Net's loss and the dispatch by output."""
 import math
 
 import pytest
 import torch
 
-from diffunet import DiffUNetOutput
-from light_training.training.loss import diffunet_loss, uncertainty_lambda
+from diffunet import DiffUNetOutput, PlainUNetOutput
+from light_training.training.loss import dice_ce, diffunet_loss, training_loss, uncertainty_lambda, unet_loss
 
 
 def _output(logits, boundary_logits=None, boundary_target=None, uncertainty=None):
@@ -31,13 +32,16 @@ def test_loss_values_by_hand():
     label = torch.randint(0, 2, (1, 2, 2, 3))
     u = torch.full((1, 2, 2, 3), 0.5)
     out = diffunet_loss(_output(logits, uncertainty=u), label, epoch=50, max_epoch=100)
-    assert set(out) == {"loss", "ce", "boundary_ce", "uncertainty_ce", "lambda"}
+    assert set(out) == {"loss", "ce", "boundary_ce", "boundary_dice_loss", "uncertainty_ce", "lambda"}
     assert all(isinstance(v, torch.Tensor) and v.ndim == 0 for v in out.values())
     log2 = math.log(2)
     assert float(out["ce"]) == pytest.approx(log2)
     assert float(out["boundary_ce"]) == pytest.approx(log2)
+    # boundary target all background, p = 1/2 for class 1 on 12 voxels: Dice = 1e-5 / (6 + 1e-5)
+    assert float(out["boundary_dice_loss"]) == pytest.approx(1 - 1e-5 / (6 + 1e-5))
     assert float(out["uncertainty_ce"]) == pytest.approx(0.5 * log2)
-    assert float(out["loss"]) == pytest.approx(2 * log2 + math.exp(-2.5) * 0.5 * log2, rel=1e-5)
+    expected = 2 * log2 + float(out["boundary_dice_loss"]) + math.exp(-2.5) * 0.5 * log2
+    assert float(out["loss"]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_uncertainty_weights_each_voxel():
@@ -57,7 +61,7 @@ def test_no_uncertainty_gives_zero_term_and_gradients_flow():
     label = torch.randint(0, 3, (2, 2, 3, 4))
     out = diffunet_loss(_output(logits, boundary, label), label, epoch=10, max_epoch=10)
     assert float(out["uncertainty_ce"]) == 0
-    assert float(out["loss"].detach()) == pytest.approx(float(out["ce"] + out["boundary_ce"]))
+    assert float(out["loss"].detach()) == pytest.approx(float(out["ce"] + out["boundary_ce"] + out["boundary_dice_loss"]))
     out["loss"].backward()
     assert logits.grad.abs().sum() > 0 and boundary.grad.abs().sum() > 0
 
@@ -65,3 +69,48 @@ def test_no_uncertainty_gives_zero_term_and_gradients_flow():
 def test_bad_label_shape_raises():
     with pytest.raises(ValueError, match="label must be"):
         diffunet_loss(_output(torch.zeros(1, 2, 2, 2, 2)), torch.zeros(1, 2, 2, dtype=torch.long), 0, 1)
+
+
+def test_soft_dice_by_hand_is_nnunet_batch_dice():
+    """Soft Dice over the foreground classes, tp/fp/fn summed over the whole batch (nnU-Net's batch Dice)."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 3, 4, 5)
+    target = torch.randint(0, 3, (2, 3, 4, 5))
+    dice_loss, ce = dice_ce(logits, target)
+    p = torch.softmax(logits, 1)
+    onehot = torch.nn.functional.one_hot(target, 3).permute(0, 4, 1, 2, 3).float()
+    tp = (p * onehot).sum((0, 2, 3, 4))[1:]
+    denominator = (p.sum((0, 2, 3, 4)) + onehot.sum((0, 2, 3, 4)))[1:]
+    expected = 1 - ((2 * tp + 1e-5) / (denominator + 1e-5)).mean()
+    assert float(dice_loss) == pytest.approx(float(expected), rel=1e-5)
+    assert float(ce) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, target)), rel=1e-6)
+
+
+def test_boundary_dice_term_rewards_the_boundary_not_the_background():
+    """A branch that predicts no boundary at all has a low CE on a thin target, but its Dice term is 1."""
+    target = torch.zeros(1, 1, 1, 100, dtype=torch.long)
+    target[..., :3] = 1  # 3 % boundary voxels
+    collapsed = torch.zeros(1, 2, 1, 1, 100)
+    collapsed[:, 0] = 5.0  # confident background everywhere
+    right = collapsed.clone()
+    right[:, :, ..., :3] = torch.tensor([0.0, 5.0]).view(1, 2, 1, 1, 1)
+    dice_collapsed, ce_collapsed = dice_ce(collapsed, target)
+    dice_right, _ = dice_ce(right, target)
+    assert float(ce_collapsed) < 0.2 and float(dice_collapsed) > 0.95
+    assert float(dice_right) < 0.15  # soft probabilities of 0.993 and 0.007: Dice 0.9
+
+
+def test_unet_loss_and_dispatch():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 2, 3, 4, requires_grad=True)
+    label = torch.randint(0, 3, (2, 2, 3, 4))
+    out = unet_loss(PlainUNetOutput(logits), label)
+    assert set(out) == {"loss", "ce", "dice_loss"}
+    dice, ce = dice_ce(logits, label)
+    assert float(out["loss"]) == pytest.approx(float(dice + ce))
+    assert training_loss(PlainUNetOutput(logits), label, 0, 1).keys() == out.keys()
+    assert "boundary_dice_loss" in training_loss(_output(logits.detach()), label, 0, 1)
+    out["loss"].backward()
+    assert logits.grad.abs().sum() > 0
+    with pytest.raises(TypeError, match="PlainUNetOutput"):
+        training_loss(logits, label, 0, 1)

@@ -1,4 +1,5 @@
-"""Tests for diffunet/: shapes, gradients, MBA, boundary targets, sampling, PURE, parameter count, overfitting."""
+"""Tests for diffunet/: shapes, gradients, MBA, boundary targets, sampling (members, time input, the release's
+fusion), PURE, MC-Diff grouping, parameter count, overfitting (segmentation and boundary branch)."""
 import json
 import math
 
@@ -9,8 +10,10 @@ from scipy import ndimage
 
 from diffunet import DiffUNet, boundary_target
 from diffunet.mba import MBA, affinity_fusion
-from diffunet.pure import StepFusion, fuse_steps, normalized_entropy, pure_weights, weighted_mean
+from diffunet.diffusion import logsnr_cosine
+from diffunet.pure import StepFusion, fuse_steps, normalized_entropy, pure_step_weight, pure_weights, weighted_mean
 from light_training.training.loss import diffunet_loss
+from light_training.training.trainer import dice_counts, dice_from_counts
 
 ORIGINAL_PARAMETERS = 63_042_720  # DiffUNet(1, 2) of the original release
 
@@ -83,6 +86,8 @@ def test_bad_options_raise():
         DiffUNet(1, 2, preset="tiny", add_boundary_logits=True)
     with pytest.raises(ValueError, match="fusion"):
         DiffUNet(1, 2, preset="tiny", fusion="max")
+    with pytest.raises(ValueError, match="sampling_time_input"):
+        DiffUNet(1, 2, preset="tiny", sampling_time_input="snr")
 
 
 def test_patch_size_check():
@@ -269,6 +274,16 @@ def test_pure_moves_toward_the_certain_step(certain_first):
     assert torch.allclose(pure, (w[:, None, None] * probs).sum(0) / w.sum(0), atol=1e-6)
 
 
+def test_pure_weight_by_hand_and_one_implementation():
+    probs = torch.tensor([0.9, 0.1]).view(1, 2, 1, 1, 1)
+    u = -(0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / math.log(2)
+    for step, steps in [(0, 3), (2, 3), (4, 5)]:
+        expected = math.exp((1 / (1 + math.exp(-(step + 1) / steps))) * (1 - u))
+        assert float(pure_step_weight(probs, step, steps)) == pytest.approx(expected, rel=1e-6)
+    stacked = torch.softmax(torch.randn(4, 1, 3, 2, 2, 2), dim=2)
+    assert torch.equal(pure_weights(stacked), torch.stack([pure_step_weight(p, i, 4) for i, p in enumerate(stacked)]))
+
+
 def test_other_fusions():
     logits = torch.randn(3, 1, 2, 2, 2, 2)
     assert torch.allclose(fuse_steps(logits, "mean"), torch.softmax(logits.mean(0), 1), atol=1e-6)
@@ -291,6 +306,65 @@ def test_uncertainty_range_and_confident_zero():
     assert DiffUNet(1, 3, preset="tiny", mc_diff=False)(image, label).uncertainty is None
 
 
+def _record_denoiser(model, record):
+    """Wrap the denoiser so that every call's time input and logits are kept."""
+    forward = model.denoiser.forward
+
+    def recording(image, x_t, t, boundary=None):
+        logits = forward(image, x_t, t, boundary)
+        record.append((t.clone(), logits.float().clone()))
+        return logits
+    model.denoiser.forward = recording
+
+
+@pytest.mark.parametrize("time_input", ["t", "logsnr"])
+def test_sampling_time_input(time_input):
+    torch.manual_seed(0)
+    model = DiffUNet(1, 2, preset="tiny", steps=3, sampling_time_input=time_input).eval()
+    record = []
+    _record_denoiser(model, record)
+    model.sample(_batch(batch=1)[0])
+    t = torch.tensor([1.0, 2 / 3, 1 / 3])
+    expected = logsnr_cosine(t) if time_input == "logsnr" else t
+    assert torch.allclose(torch.stack([r[0][0] for r in record]), expected)
+
+
+def test_members_and_the_release_fusion_by_hand():
+    """Members: every start x step, softmax of its logits (+ the boundary logits with add_boundary_logits);
+    the release's prediction: softmax(mean of the step logits + boundary logits)."""
+    torch.manual_seed(0)
+    model = DiffUNet(1, 3, preset="tiny", steps=2, rand_steps=2, fusion="mean", boundary_target="segmentation",
+                     add_boundary_logits=True).eval()
+    image = _batch(num_classes=3)[0]  # B = 2
+    record = []
+    _record_denoiser(model, record)
+    output = model.sample_members(image, return_boundary=True)
+    boundary_logits, _ = model.boundary(image)
+    steps = torch.stack([r[1].unflatten(0, (2, 2)) for r in record])  # (T, R, B, K, ...)
+    assert output.members == 4
+    expected_probs = torch.softmax(steps.mean((0, 1)) + boundary_logits, dim=1)
+    torch.testing.assert_close(output.probs, expected_probs, atol=1e-5, rtol=1e-5)
+    members = torch.softmax(steps + boundary_logits, dim=3).flatten(0, 1)  # (T * R, B, K, ...)
+    torch.testing.assert_close(output.member_probs, members.mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(output.member_entropy, normalized_entropy(members, dim=2).mean(0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(output.boundary_logits, boundary_logits, atol=1e-5, rtol=1e-5)
+
+
+def test_mc_diff_groups_the_passes_by_patch():
+    """The uncertainty of patch b averages the K passes of patch b (the release's reshape mixes patches)."""
+    torch.manual_seed(0)
+    model = DiffUNet(1, 2, preset="tiny", mc_samples=3)
+    image, label = _batch(batch=2)
+    record = []
+    _record_denoiser(model, record)
+    out = model(image, label)
+    logits_k = record[1][1]  # the no-grad call: (K * B, ...), index k * B + b
+    for b in range(2):
+        mean = logits_k[[b, 2 + b, 4 + b]].mean(0, keepdim=True)
+        torch.testing.assert_close(out.uncertainty[b:b + 1], normalized_entropy(torch.softmax(mean, 1)),
+                                   atol=1e-5, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------- overfitting
 def test_tiny_model_overfits_one_batch():
     torch.manual_seed(0)
@@ -306,5 +380,10 @@ def test_tiny_model_overfits_one_batch():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] <= 0.2 * losses[0], losses[::10]
-    probs, _ = model.sample(image)
-    assert float((probs.argmax(1) == label).float().mean()) > 0.95
+    output = model.sample_members(image, return_boundary=True)
+    assert float((output.probs.argmax(1) == label).float().mean()) > 0.95
+    # the boundary branch learnt the shell: predicting all background would score a boundary Dice of 0
+    target = model.boundary_labels(label)
+    assert 0 < int((target > 0).sum()) < 0.15 * target.numel()
+    boundary_dice = dice_from_counts(dice_counts(output.boundary_logits.argmax(1), target, 2))[0]
+    assert boundary_dice > 0.7, boundary_dice

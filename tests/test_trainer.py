@@ -1,4 +1,5 @@
-"""The trainer: a 2-epoch run of the script, exact resume after a kill, NaN steps, a falling loss."""
+"""The trainer: a 2-epoch run of the script, exact resume after a kill, NaN steps, a falling loss, the Dice
+counts and the epoch line."""
 import itertools
 import json
 import subprocess
@@ -16,7 +17,8 @@ from light_training.preprocessing.raw_cases import find_raw_cases
 from light_training.preprocessing.preprocess import list_cases, preprocess_dataset
 from light_training.preprocessing.planning import plans_path, prepare_plans
 from light_training.synthetic.generate import generate_aiib2023
-from light_training.training.trainer import Trainer, TrainingStopped, TrainSettings
+from light_training.training.monitor import summary_line
+from light_training.training.trainer import Trainer, TrainingStopped, TrainSettings, dice_counts, dice_from_counts
 
 PATCH = [16, 16, 16]
 
@@ -43,8 +45,9 @@ def fixed_batch(data_dir: Path, batch_size: int = 2) -> dict:
 def make_trainer(data_dir: Path, logdir: Path, max_epoch: int = 3, init_seed: int = 0) -> Trainer:
     torch.manual_seed(init_seed)
     model = DiffUNet(1, 2, preset="tiny")
+    # fp32: "auto" means bf16 on a CPU with bf16 units, and a bf16 run is not bit-identical after a resume
     settings = TrainSettings(max_epoch=max_epoch, num_iterations_per_epoch=2, batch_size=2, val_every=1, seed=0,
-                             max_consecutive_nonfinite=3)
+                             max_consecutive_nonfinite=3, precision="fp32")
     plans = json.loads((data_dir.parent / "plans.json").read_text())
     return Trainer(model, settings, logdir, plans, {"patch_size": PATCH, "fold": 0}, torch.device("cpu"))
 
@@ -58,6 +61,7 @@ def test_script_runs_two_epochs_and_writes_logs_checkpoints_and_plot(data_dir: P
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CUDA" not in result.stdout  # --device=cpu: no fallback note
     assert result.stdout.count("| pseudo Dice") == 2 and "epoch 2/2 |" in result.stdout
+    assert result.stdout.count("| boundary Dice") == 2  # a collapsed boundary branch would show here
     assert len(list(logdir.glob("events.out.tfevents.*"))) == 1
     assert (logdir / "progress.png").stat().st_size > 1000
     config = json.loads((logdir / "2_train_diffunet_aiib2023_config.json").read_text())
@@ -74,8 +78,8 @@ def test_script_runs_two_epochs_and_writes_logs_checkpoints_and_plot(data_dir: P
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(logdir)).Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/ce", "train/boundary_ce", "train/uncertainty_ce", "train/lambda", "lr",
-            "val/pseudo_dice", "val/dice_airway", "time/epoch_s"} <= tags
+    assert {"train/loss", "train/ce", "train/boundary_ce", "train/boundary_dice_loss", "train/uncertainty_ce",
+            "train/lambda", "lr", "val/pseudo_dice", "val/dice_airway", "val/boundary_dice", "time/epoch_s"} <= tags
     assert {"val/image", "val/label", "val/prediction", "val/uncertainty"} <= set(events.Tags()["images"])
     # starting again without resume (what the script does first) keeps the earlier run
     moved = archive_previous_run(logdir)
@@ -180,3 +184,17 @@ def test_brats_script_takes_channels_and_classes_from_the_plan(tmp_path: Path, r
     wrong = subprocess.run([sys.executable, "2_train_diffunet_aiib2023.py", f"--data_dir={train}"],
                            cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert wrong.returncode != 0 and "brats2023" in wrong.stderr
+
+
+def test_dice_counts_by_hand_and_the_epoch_line():
+    pred = torch.tensor([[0, 1, 1, 2, 2, 0]])
+    target = torch.tensor([[0, 1, 0, 2, 0, 2]])
+    counts = dice_counts(pred, target, 4)
+    assert counts.tolist() == [[1, 1, 0], [1, 1, 0], [0, 1, 0]]  # tp, fp, fn of classes 1, 2, 3
+    dice = dice_from_counts(counts)
+    assert dice[0] == pytest.approx(2 / 3) and dice[1] == pytest.approx(0.5) and np.isnan(dice[2])
+    collapsed = dice_from_counts(dice_counts(torch.zeros_like(target), target, 3))
+    assert collapsed.tolist() == [0.0, 0.0]  # predicting all background scores 0
+    line = summary_line(2, 10, {"train/loss": 1.0, "val/pseudo_dice": 0.5, "val/dice_airway": 0.5,
+                                "val/boundary_dice": 0.25, "lr": 0.01})
+    assert "| pseudo Dice 0.5000 [0.500] | boundary Dice 0.2500 |" in line

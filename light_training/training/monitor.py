@@ -39,7 +39,8 @@ def middle_slices(image: np.ndarray, label: np.ndarray, prediction: np.ndarray,
 
 
 def summary_line(epoch: int, max_epoch: int, scalars: dict[str, float]) -> str:
-    """``epoch 3/1000 | loss 0.812 (ce 0.501 ...) | pseudo Dice 0.71 [0.71] | lr 9.97e-03 | 41.2 s, 12.1 patches/s``."""
+    """``epoch 3/1000 | loss 0.812 (ce 0.501 ...) | pseudo Dice 0.71 [0.71] | boundary Dice 0.42 | lr 9.97e-03 |
+    41.2 s, 12.1 patches/s`` (the boundary Dice only for a network with a boundary branch)."""
     terms = [k.split("/", 1)[1] for k in scalars if k.startswith("train/") and k != "train/loss"]
     parts = [f"epoch {epoch + 1}/{max_epoch}"]
     if "train/loss" in scalars:
@@ -48,6 +49,8 @@ def summary_line(epoch: int, max_epoch: int, scalars: dict[str, float]) -> str:
     if "val/pseudo_dice" in scalars:
         per_class = ", ".join(f"{scalars[k]:.3f}" for k in scalars if k.startswith("val/dice_"))
         parts.append(f"pseudo Dice {scalars['val/pseudo_dice']:.4f} [{per_class}]")
+    if "val/boundary_dice" in scalars:  # a collapsed boundary branch shows as 0 here
+        parts.append(f"boundary Dice {scalars['val/boundary_dice']:.4f}")
     parts.append(f"lr {scalars.get('lr', float('nan')):.3e}")
     parts.append(f"{scalars.get('time/epoch_s', float('nan')):.1f} s, "
                  f"{scalars.get('time/patches_per_s', float('nan')):.1f} patches/s")
@@ -90,7 +93,8 @@ class TrainingMonitor:
         self.writer.flush()
 
     def plot(self, path: str | Path) -> None:
-        """Loss terms, validation Dice and learning rate against the epoch, written atomically as PNG."""
+        """Loss terms, validation Dice (the boundary Dice dashed) and learning rate against the epoch, written
+        atomically as PNG."""
         fig = Figure(figsize=(15, 4.2), dpi=100)
         FigureCanvasAgg(fig)
         ax_loss, ax_dice, ax_lr = fig.subplots(1, 3)
@@ -99,8 +103,8 @@ class TrainingMonitor:
             if name.startswith("train/"):
                 ax_loss.plot(x, y, label=name[6:], lw=2 if name == "train/loss" else 1)
             elif name.startswith("val/"):
-                ax_dice.plot(x, y, "o-" if len(x) < 30 else "-", ms=3, label=name[4:],
-                             lw=2 if name == "val/pseudo_dice" else 1)
+                style = ("o" if len(x) < 30 else "") + ("--" if name == "val/boundary_dice" else "-")
+                ax_dice.plot(x, y, style, ms=3, label=name[4:], lw=2 if name == "val/pseudo_dice" else 1)
             elif name == "lr":
                 ax_lr.plot(x, y, color="tab:green", label="lr")
         for ax, title in ((ax_loss, "training loss terms"), (ax_dice, "validation Dice (patches)"),

@@ -1,11 +1,12 @@
-"""The training loop: SGD + poly LR, the MC-Diff loss, AMP, validation by sampling, checkpoints, resume, DDP.
+"""The training loop: SGD + poly LR, the network's loss, AMP, validation by sampling, checkpoints, resume, DDP.
 
 One epoch is ``num_iterations_per_epoch`` steps on batches from a :class:`~light_training.training.augmentation.BatchStream`;
 every ``val_every`` epochs (and after the last) the model samples the fixed
 :class:`~light_training.training.dataloading.ValidationPatches` and the per-class Dice of all of them together
-(nnU-Net's "pseudo Dice") decides ``best.pt``. Under ``torchrun`` every rank trains on its own batches
-(DistributedDataParallel averages the gradients), validates its share of the patches, and rank 0
-alone prints, logs and saves.
+(nnU-Net's "pseudo Dice") decides ``best.pt``; a Diff-UNet's boundary branch is scored on the same
+patches (the boundary Dice: argmax of its logits against its target), so a collapsed branch shows. Under
+``torchrun`` every rank trains on its own batches (DistributedDataParallel averages the gradients),
+validates its share of the patches, and rank 0 alone prints, logs and saves.
 """
 from __future__ import annotations
 
@@ -24,13 +25,14 @@ import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from diffunet.uncertainty import uncertainty_map
 from light_training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from light_training.runtime import DistInfo, resolve_precision, seed_everything
 from light_training.training.dataloading import ValidationPatches
-from light_training.training.loss import diffunet_loss
+from light_training.training.loss import training_loss
 from light_training.training.monitor import TrainingMonitor, middle_slices, summary_line
 
-__all__ = ["TrainSettings", "TrainingStopped", "Trainer"]
+__all__ = ["TrainSettings", "TrainingStopped", "Trainer", "dice_counts", "dice_from_counts"]
 
 
 @dataclass
@@ -51,12 +53,37 @@ class TrainSettings:
     seed: int = 0
 
 
+def dice_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """True positives, false positives and false negatives of every foreground class: class maps ``pred``
+    and ``target`` (any equal shapes) -> (3, num_classes - 1) float64, on their device."""
+    counts = torch.zeros(3, num_classes - 1, dtype=torch.float64, device=pred.device)
+    for c in range(1, num_classes):
+        p, t = pred == c, target == c
+        counts[0, c - 1] = (p & t).sum()
+        counts[1, c - 1] = (p & ~t).sum()
+        counts[2, c - 1] = (~p & t).sum()
+    return counts
+
+
+def dice_from_counts(counts: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Dice 2 tp / (2 tp + fp + fn) per class from :func:`dice_counts` (summed over patches); NaN for a
+    class absent from both the target and the prediction."""
+    tp, fp, fn = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 2 * tp / (2 * tp + fp + fn)
+
+
+def _nanmean(values: np.ndarray) -> float:
+    return float(np.nanmean(values)) if np.any(np.isfinite(values)) else float("nan")
+
+
 class TrainingStopped(RuntimeError):
     """Training cannot go on (e.g. the loss stays NaN); the message says why and what was kept."""
 
 
 class Trainer:
-    """Trains ``model`` (a DiffUNet) and writes ``<logdir>/model/{latest,best,final}.pt`` and the logs.
+    """Trains ``model`` (a network of :func:`diffunet.build_network`) and writes
+    ``<logdir>/model/{latest,best,final}.pt`` and the logs.
 
     Args:
         model: the network (on any device; moved to ``device``).
@@ -160,7 +187,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             output = self.net(image, label)
-            terms = diffunet_loss(output, label, epoch, self.settings.max_epoch)
+            terms = training_loss(output, label, epoch, self.settings.max_epoch)
         if not self._all_finite(terms["loss"]):
             return None
         self.scaler.scale(terms["loss"]).backward()
@@ -223,38 +250,41 @@ class Trainer:
     @torch.no_grad()
     def validate(self, patches: ValidationPatches) -> tuple[dict[str, float], dict[str, np.ndarray] | None]:
         """Sample every validation patch (this rank's share); Dice per foreground class over all patches
-        together, and their mean (classes absent from every patch and prediction are left out of the mean)."""
+        together, and their mean ``val/pseudo_dice`` (classes absent from every patch and prediction are left
+        out of the mean). A network with a boundary branch also gets ``val/boundary_dice``: the same mean
+        Dice of the argmax of the boundary logits against the boundary target (0 when the branch predicts
+        no boundary voxel anywhere)."""
         self.model.eval()
         k = self.model.num_classes
-        counts = torch.zeros(3, k - 1, dtype=torch.float64, device=self.device)  # tp, fp, fn per class
+        counts = torch.zeros(2, 3, k - 1, dtype=torch.float64, device=self.device)  # segmentation, boundary
         generator = torch.Generator(self.device).manual_seed(self.settings.seed)  # same noise every time
-        slices = None
+        slices, has_boundary = None, hasattr(self.model, "boundary_labels")
         for image, label in patches.batches(self.settings.batch_size, self.dist.rank, self.dist.world_size):
             x = torch.from_numpy(image).to(self.device)
             y = torch.from_numpy(label).to(self.device).long()
             with self.autocast():
-                probs, uncertainty = self.model.sample(x, steps=self.settings.val_steps, generator=generator)
-            pred = probs.argmax(1)
-            for c in range(1, k):
-                p, t = pred == c, y == c
-                counts[0, c - 1] += (p & t).sum()
-                counts[1, c - 1] += (p & ~t).sum()
-                counts[2, c - 1] += (~p & t).sum()
+                output = self.model.sample_members(x, steps=self.settings.val_steps, generator=generator,
+                                                   return_boundary=True)
+            pred = output.probs.argmax(1)
+            counts[0] += dice_counts(pred, y, k)
+            if has_boundary:
+                counts[1] += dice_counts(output.boundary_logits.argmax(1), self.model.boundary_labels(y), k)
             if slices is None:
+                uncertainty = uncertainty_map("total", output)
                 slices = middle_slices(image[0], label[0], pred[0].cpu().numpy(), uncertainty[0].float().cpu().numpy())
         if self.dist.world_size > 1:
             torch_dist.all_reduce(counts)
         self.model.train()
-        tp, fp, fn = counts.cpu().numpy()
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dice = 2 * tp / (2 * tp + fp + fn)
+        dice = dice_from_counts(counts[0])
         scalars = {f"val/dice_{name}": float(d) for name, d in zip(self.class_names, dice)}
-        scalars["val/pseudo_dice"] = float(np.nanmean(dice)) if np.any(np.isfinite(dice)) else float("nan")
+        scalars["val/pseudo_dice"] = _nanmean(dice)
+        if has_boundary:
+            scalars["val/boundary_dice"] = _nanmean(dice_from_counts(counts[1]))
         return scalars, slices
 
     # ------------------------------------------------------------------ the run
     def fit(self, batches: Iterator[dict[str, Any]], validation: ValidationPatches) -> dict[str, Any]:
-        """Train from ``start_epoch`` to ``max_epoch``; returns ``{"epochs", "best_dice", "stopped_early"}``.
+        """Train from ``start_epoch`` to ``max_epoch``; returns ``{"epochs", "best_dice"}``.
 
         Raises :class:`TrainingStopped` when the loss stays non-finite (``latest.pt`` keeps the last good epoch).
         """
