@@ -1,5 +1,7 @@
-"""Sliding-window prediction: equivalence with a direct call, and exact geometry of what is written."""
+"""Sliding-window prediction: equivalence with a direct call, the fusion override, and exact geometry of what is
+written."""
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 
@@ -62,8 +64,9 @@ def test_mirrors_one_call_or_one_call_each(monkeypatch):
     (the starting noise of one call of 4 equals that of 4 calls of 1 under the same seed)."""
     model = tiny_model(1, 2)
     calls = []
-    sample = model.sample
-    monkeypatch.setattr(model, "sample", lambda batch, **kw: calls.append(batch.shape[0]) or sample(batch, **kw))
+    sample = model.sample_members
+    monkeypatch.setattr(model, "sample_members",
+                        lambda batch, **kw: calls.append(batch.shape[0]) or sample(batch, **kw))
     image = np.random.default_rng(0).normal(size=(1, 16, 16, 16)).astype(np.float32)
     results = {}
     for batched in (True, False):
@@ -75,6 +78,24 @@ def test_mirrors_one_call_or_one_call_each(monkeypatch):
         assert calls == ([4] if batched else [1, 1, 1, 1])
     for a, b in zip(results[True], results[False]):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_fusion_setting_overrides_the_models_own():
+    image = torch.randn(1, 16, 16, 16)
+    results = {}
+    for fusion, model_fusion in [(None, "last"), ("last", "pure"), ("pure", "pure")]:
+        torch.manual_seed(0)
+        model = DiffUNet(1, 2, preset="tiny", fusion=model_fusion).eval()
+        settings = InferenceSettings(patch_size=(16, 16, 16), mirror_axes=(), precision="fp32", progress=False,
+                                     fusion=fusion)
+        torch.manual_seed(1)
+        results[fusion] = predict_volume(model, image, settings, CPU)[0]
+    torch.testing.assert_close(results[None], results["last"], rtol=0, atol=0)  # same weights, same noise
+    assert not torch.equal(results["last"], results["pure"])
+    with pytest.raises(ValueError, match="fusion"):
+        InferenceSettings(patch_size=(16, 16, 16), fusion="median")
+    with pytest.raises(ValueError, match="uncertainty"):
+        InferenceSettings(patch_size=(16, 16, 16), uncertainty="entropy")
 
 
 def test_prediction_has_the_source_geometry(tmp_path):
