@@ -27,7 +27,7 @@ from light_training.runtime import autocast_context
 from light_training.preprocessing.preprocess import restore_to_original
 
 __all__ = ["InferenceSettings", "predict_volume",
-           "save_prediction", "load_predictor", "predict_cases"]
+           "save_prediction"]
 
 
 @dataclass
@@ -144,70 +144,3 @@ def save_prediction(probabilities: torch.Tensor, uncertainty: torch.Tensor, prop
         restored = restore_to_original(np.stack([1 - u, u]), properties, is_label=False)[1]
         write_volume(restored.astype(np.float32), geometry, save_dir / f"{case}_uncertainty.nii.gz")
     return save_dir / f"{case}.nii.gz"
-
-
-def load_predictor(checkpoint_path: str | Path, dataset: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model from a checkpoint alone; stop with a clear message when it is missing or
-    belongs to another dataset. Returns the model (eval mode, on ``device``) and the checkpoint."""
-    from light_training.checkpoint import build_model, load_checkpoint
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise SystemExit(f"no checkpoint at {path}: train first (the 2_train script writes "
-                         f"<logdir>/model/best.pt) or set --checkpoint=PATH")
-    try:
-        checkpoint = load_checkpoint(path, map_location="cpu")
-        model = build_model(checkpoint)
-    except Exception as err:  # a foreign or damaged file: say which and why, before any work
-        raise SystemExit(f"{path}: not a usable Diff-UNet checkpoint ({type(err).__name__}: {err})") from None
-    trained_on = checkpoint.get("plans", {}).get("dataset")
-    if trained_on != dataset:
-        raise SystemExit(f"{path}: this checkpoint was trained on {trained_on!r}, not {dataset!r}")
-    return model.to(device).eval(), checkpoint
-
-
-def predict_cases(model: torch.nn.Module, checkpoint: dict, settings: InferenceSettings, device: torch.device,
-                  save_dir: str | Path, data_dir: str | Path | None = None, cases: Sequence[str] = (),
-                  input_dir: str | Path | None = None, save_probabilities: bool = False,
-                  save_uncertainty: bool = False) -> list[Path]:
-    """Predict preprocessed ``cases`` of ``data_dir``, or every raw image of ``input_dir``
-    (preprocessed on the fly with the plan stored in the checkpoint). Returns the written files.
-
-    Every input is checked (channel count against the model) before the first window is predicted.
-    """
-    from tqdm import tqdm
-
-    from light_training.io import read_image
-    from light_training.preprocessing.raw_cases import find_raw_cases
-    from light_training.preprocessing.preprocess import load_case, preprocess_case
-    plans = checkpoint["plans"]
-    in_channels = checkpoint["model_config"]["in_channels"]
-    if input_dir is not None:
-        try:
-            raw_cases = find_raw_cases(input_dir, plans["dataset"], with_labels=False)
-        except ValueError as err:
-            raise SystemExit(str(err)) from None
-        if not raw_cases:
-            raise SystemExit(f"{input_dir}: no images found for {plans['dataset']}")
-        for raw in raw_cases:
-            if len(raw.image_files) != in_channels:
-                raise SystemExit(f"{raw.case}: {len(raw.image_files)} image file(s) but the model takes "
-                                 f"{in_channels} channel(s) ({', '.join(plans['channel_names'])})")
-        names = [raw.case for raw in raw_cases]
-    else:
-        names = list(cases)
-        missing = [c for c in names if not (Path(data_dir) / f"{c}.json").is_file()]
-        if missing:
-            raise SystemExit(f"{data_dir}: no preprocessed case(s) {missing}; run the preprocessing script")
-    written = []
-    for i, name in enumerate(tqdm(names, desc="cases", unit="case")):
-        if input_dir is not None:
-            image, geometry = read_image(raw_cases[i].image_files)
-            image, _, properties = preprocess_case(image, geometry, None, plans, case=name)
-        else:
-            image, _, properties = load_case(data_dir, name)
-        if image.shape[0] != in_channels:
-            raise SystemExit(f"{name}: {image.shape[0]} channel(s) but the model takes {in_channels}")
-        probabilities, uncertainty = predict_volume(model, image, settings, device)
-        written.append(save_prediction(probabilities, uncertainty, properties, plans["labels"], save_dir,
-                                       save_probabilities, save_uncertainty))
-    return written
