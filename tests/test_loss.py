@@ -107,7 +107,7 @@ def test_unet_loss_and_dispatch():
     out = unet_loss(PlainUNetOutput(logits), label)
     assert set(out) == {"loss", "ce", "dice_loss"}
     dice, ce = dice_ce(logits, label)
-    assert float(out["loss"]) == pytest.approx(float(dice + ce))
+    assert out["loss"].item() == pytest.approx((dice + ce).item())
     assert training_loss(PlainUNetOutput(logits), label, 0, 1).keys() == out.keys()
     assert "boundary_dice_loss" in training_loss(_output(logits.detach()), label, 0, 1)
     out["loss"].backward()
