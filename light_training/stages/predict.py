@@ -148,5 +148,5 @@ def _write_preview(save_dir: str | Path, case: str, image: np.ndarray, label: np
     return write_preview(preview_path(save_dir, case), np.asarray(image), prediction,
                          uncertainty=uncertainty.cpu().numpy(),
                          ground_truth=None if label is None else values[np.asarray(label)],
-                         spacing=plans["target_spacing"], label_names=description.label_names,
+                         spacing=plans["target_spacing"], label_names=dict(zip(plans["labels"], plans["label_names"])),
                          airway_mip=description.metrics == "aiib2023")
