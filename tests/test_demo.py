@@ -19,7 +19,7 @@ def test_demo_runs_both_chains(tmp_path, repo_root):
         assert 0.0 <= summary[column]["mean"] <= 1.0
         header = (results / "result_metrics" / "diffunet.csv").read_text().splitlines()[0]
         assert header.startswith("case,")
-        predictions = sorted(p.name for p in (results / "diffunet").glob("*.nii.gz"))
+        predictions = sorted(p.name for p in (results / "diffunet").glob("*.nii.gz") if "_uncertainty" not in p.name)
         assert len(predictions) == 1  # the held-out fold of 5 cases
         assert (tmp_path / "logs" / dataset / "model" / "best.pt").is_file()
     assert (tmp_path / "results" / "demo_config.json").is_file()
