@@ -198,3 +198,22 @@ def test_dice_counts_by_hand_and_the_epoch_line():
     line = summary_line(2, 10, {"train/loss": 1.0, "val/pseudo_dice": 0.5, "val/dice_airway": 0.5,
                                 "val/boundary_dice": 0.25, "lr": 0.01})
     assert "| pseudo Dice 0.5000 [0.500] | boundary Dice 0.2500 |" in line
+
+
+def test_resume_fills_options_newer_than_the_checkpoint_and_refuses_another_network(tmp_path: Path):
+    from light_training.checkpoint import save_checkpoint
+    from diffunet import PlainUNet
+
+    settings = TrainSettings(max_epoch=2, precision="fp32")
+    trainer = Trainer(DiffUNet(1, 2, preset="tiny"), settings, tmp_path, {}, {}, torch.device("cpu"))
+    state = trainer.state(1)
+    del state["model_config"]["sampling_time_input"]  # as written before the option existed
+    save_checkpoint(state, tmp_path / "model" / "latest.pt")
+    trainer.resume()
+    assert trainer.start_epoch == 1
+    other = Trainer(PlainUNet(1, 2, preset="tiny"), settings, tmp_path, {}, {}, torch.device("cpu"))
+    with pytest.raises(TrainingStopped, match="model_variant"):
+        other.resume()
+    mba_off = Trainer(DiffUNet(1, 2, preset="tiny", mba=False), settings, tmp_path, {}, {}, torch.device("cpu"))
+    with pytest.raises(TrainingStopped, match="'mba': \\(True, False\\)"):
+        mba_off.resume()

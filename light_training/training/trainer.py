@@ -25,6 +25,7 @@ import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from diffunet.networks import network_from_config
 from diffunet.uncertainty import uncertainty_map
 from light_training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from light_training.runtime import DistInfo, resolve_precision, seed_everything
@@ -146,11 +147,16 @@ class Trainer:
         if not path.is_file():
             raise TrainingStopped(f"resume: no checkpoint at {path}; start without resume=True")
         ckpt = load_checkpoint(path, map_location="cpu")  # load_state_dict moves each part to its device
-        if ckpt["model_config"] != self.model.config:
-            diff = {k: (ckpt["model_config"].get(k), v) for k, v in self.model.config.items()
-                    if ckpt["model_config"].get(k) != v}
+        if ckpt["model_class"] != type(self.model).__name__:
+            raise TrainingStopped(f"resume: {path} holds a {ckpt['model_class']}, this run builds a "
+                                  f"{type(self.model).__name__}; use the same model_variant, or another logdir")
+        # the saved config with today's defaults filled in (a checkpoint older than an option lacks it)
+        saved = ckpt["model_config"] if ckpt["model_config"] == self.model.config else \
+            network_from_config(ckpt["model_class"], ckpt["model_config"]).config
+        if saved != self.model.config:
+            diff = {k: (saved.get(k), v) for k, v in self.model.config.items() if saved.get(k) != v}
             raise TrainingStopped(f"resume: {path} holds another architecture (checkpoint vs now: {diff}); "
-                                  f"use the same model_preset and data, or another logdir")
+                                  f"use the same model_preset, model options and data, or another logdir")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
