@@ -68,7 +68,7 @@ def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
     # freezing must be on when the graph is compiled (the first call); passed through torch.compile's
     # `options` it did not take effect (measured), so it is set for this process
     inductor_config.freezing = True
-    for name in ("boundary", "denoiser"):
+    for name in ("boundary", "denoiser", "unet"):  # DiffUNet, or the plain U-Net baseline
         if getattr(model, name, None) is not None:
             setattr(model, name, torch.compile(getattr(model, name)))
     return model
