@@ -6,13 +6,16 @@ import sys
 
 def test_demo_runs_both_chains(tmp_path, repo_root):
     run = subprocess.run(
-        [sys.executable, "demo.py", "--num_cases=5", "--max_epoch=1", "--num_iterations_per_epoch=2", "--val_every=1",
+        [sys.executable, "demo.py", "--num_cases=5", "--max_epoch_aiib2023=1", "--max_epoch_brats2023=1",
+         "--num_iterations_per_epoch=2", "--val_every=1",
          "--patch_size=[16,32,32]", "--shape_aiib2023=(32,40,40)", "--shape_brats2023=(24,32,32)",
          "--num_val_patches=2", "--num_workers=0", f"--workdir={tmp_path / 'data'}",
          f"--logdir={tmp_path / 'logs'}", f"--resultdir={tmp_path / 'results'}"],
         cwd=repo_root, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "held-out results of the demo" in run.stdout
+    assert "demo wall time" in run.stdout
+    assert "s per step" in run.stdout  # the trainer's epoch times, summed up per dataset
     for dataset, column in [("aiib2023", "IoU"), ("brats2023", "WT_Dice")]:
         results = tmp_path / "results" / dataset
         summary = json.loads((results / "result_metrics" / "diffunet_summary.json").read_text())
@@ -21,5 +24,9 @@ def test_demo_runs_both_chains(tmp_path, repo_root):
         assert header.startswith("case,")
         predictions = sorted(p.name for p in (results / "diffunet").glob("*.nii.gz") if "_uncertainty" not in p.name)
         assert len(predictions) == 1  # the held-out fold of 5 cases
+        case = predictions[0].removesuffix(".nii.gz")
+        preview = results / "diffunet" / f"{case}_preview.png"
+        assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"preview: {preview}" in run.stdout
         assert (tmp_path / "logs" / dataset / "model" / "best.pt").is_file()
     assert (tmp_path / "results" / "demo_config.json").is_file()
