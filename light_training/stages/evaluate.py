@@ -28,8 +28,8 @@ def metric_for(description: DatasetDescription) -> tuple[Callable, tuple[str, ..
 
 
 def _groups(columns: Sequence[str], regions: dict[str, list[int]]) -> list[list[str]]:
-    prefixes = [name.replace(" ", "_") + "_" for name in regions]
-    return [[c for c in columns if c.startswith(p)] for p in prefixes]
+    from light_training.evaluation.metrics_brats import normalize_regions  # the column prefixes the metrics use
+    return [[c for c in columns if c.startswith(f"{name}_")] for name in normalize_regions(regions)]
 
 
 def evaluate(config: dict[str, Any], script: str) -> Any:
@@ -38,8 +38,8 @@ def evaluate(config: dict[str, Any], script: str) -> Any:
     Writes ``<output_dir>/<pred>.csv``, ``<pred>_summary.json`` and ``<pred>_config.json``; prints one
     table per region and the cases that could not be scored with the reason.
     """
-    from light_training.evaluation.scoring import evaluate_folder, format_table, format_unscored, nifti_cases
-    from light_training.evaluation.uncertainty import UNCERTAINTY_COLUMNS, UNCERTAINTY_SUFFIX, uncertainty_extra
+    from light_training.evaluation.scoring import format_table, format_unscored, nifti_cases
+    from light_training.evaluation.uncertainty import UNCERTAINTY_COLUMNS, evaluate_folder_with_uncertainty
 
     c = config
     description = load_dataset(c["dataset"])
@@ -60,10 +60,10 @@ def evaluate(config: dict[str, Any], script: str) -> Any:
         raise ValueError(f"{gt_source}: no ground truth found (give --raw_dir or --gt_dir)")
     case_metric, columns, groups = metric_for(description)
     # with uncertainty maps beside the predictions, also how well they rank wrong voxels
-    has_uncertainty = any(p.name.endswith(f"{UNCERTAINTY_SUFFIX}.nii.gz") for p in pred_dir.iterdir())
-    extra = dict(extra_metric=uncertainty_extra, extra_columns=UNCERTAINTY_COLUMNS) if has_uncertainty else {}
-    result = evaluate_folder(nifti_cases(pred_dir), ground_truths, case_metric, columns, c["output_dir"], name,
-                             c["missing_predictions"], c["num_processes"], c["strict"], **extra)
+    result = evaluate_folder_with_uncertainty(nifti_cases(pred_dir), ground_truths, case_metric, columns,
+                                              c["output_dir"], name, missing_predictions=c["missing_predictions"],
+                                              num_processes=c["num_processes"], strict=c["strict"])
+    has_uncertainty = UNCERTAINTY_COLUMNS[0] in result.columns
     write_config(c, script, c["output_dir"], stem=name)  # <pred>_config.json beside <pred>.csv
     print(f"\n{description.name} metrics ({description.metrics}) of {pred_dir} against {gt_source} "
           f"({len(result.rows)} cases scored)")

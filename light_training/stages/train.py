@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from light_training.checkpoint import archive_previous_run
+from light_training.datasets import load_dataset
 from light_training.io import read_json
 from light_training.preprocessing.planning import plans_path
 from light_training.runtime import cleanup_distributed, resolve_device, seed_everything, set_cpu_threads, setup_distributed
@@ -19,8 +20,6 @@ __all__ = ["load_plans", "build_training_network", "train"]
 
 def load_plans(data_dir: str | Path, dataset: str) -> dict[str, Any]:
     """The plan of the preprocessed cases in ``data_dir``; ``ValueError`` when it is missing or of another dataset."""
-    from light_training.datasets import load_dataset
-
     path = plans_path(data_dir)
     if not path.is_file():
         raise ValueError(f"{path} not found: run the preprocessing script of this chain first, or point "
