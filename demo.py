@@ -129,7 +129,7 @@ def demo(c: dict[str, Any], script: str) -> None:
         print(f"training {dataset}: {timings[dataset]}", flush=True)
         _script(predict, data_dir=data_dir, logdir=run_logdir, save_dir=save_dir, device="cpu",
                 mirror_axes=c["mirror_axes"], torch_compile=c["torch_compile"], precision=c["precision"],
-                save_uncertainty=True, save_preview=c["save_preview"], num_threads=threads)
+                save_uncertainty=True, save_preview=c["save_preview"], num_threads=threads, seed=c["seed"])
         _script(metrics, pred_dir=save_dir, raw_dir=raw_dir, output_dir=metrics_dir, num_processes=0)
         summaries[dataset] = read_json(metrics_dir / "diffunet_summary.json")
         previews[dataset] = sorted(save_dir.glob("*_preview.png"))

@@ -167,7 +167,7 @@ def _predict(s: dict[str, Any], script: str, data_dir: Path, logdir: Path, save_
     overrides = {"data_dir": data_dir, "logdir": logdir, "checkpoint": logdir / "model" / f"{s['checkpoint']}.pt",
                  "save_dir": save_dir, "device": s["device"],
                  "mirror_axes": s["mirror_axes"], "torch_compile": s["torch_compile"], "save_uncertainty": True,
-                 **options}
+                 "seed": s["seed"], **options}
     if s["num_threads"] is not None:
         overrides["num_threads"] = s["num_threads"]
     if save_dir.exists():  # a stale case of an earlier run would be scored again

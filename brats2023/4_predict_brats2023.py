@@ -29,6 +29,7 @@ precision = "auto"  # "auto" (bf16 where the hardware has it), "fp32", "bf16" or
 steps = None  # DDIM sampling steps; None: the model's own (3)
 fusion = None  # how the steps are fused: "pure", "mean", "last"; None: the model's own
 uncertainty = "total"  # "total" (entropy of the mean over mirrors and steps) or "mutual_information" (their disagreement)
+seed = 0  # starting noise of the sampling, reset for every case; None: different noise every run
 torch_compile = True  # torch.compile the networks (~1 min once per window size): 2x faster sampling on the CPU
 save_probabilities = False  # also <case>.npz with the class probabilities
 save_uncertainty = False  # also <case>_uncertainty.nii.gz (in [0, 1]; the metrics script scores it)

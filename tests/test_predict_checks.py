@@ -105,3 +105,22 @@ def test_script_lists_problems_then_skips_them(aiib_scans, repo_root):
     # each prediction lies on its own scan's grid, whichever library wrote the scan
     for name, source in (("good_nib", "good_nib.nii"), ("good_sitk", "good_sitk.nii.gz")):
         assert read_volume(save_dir / f"{name}.nii.gz")[1] == read_volume(scans / source)[1]
+
+
+def test_seed_gives_every_case_the_same_noise(aiib_scans, repo_root, tmp_path):
+    root, scans = aiib_scans
+    torch.manual_seed(0)
+    tiny_checkpoint(root / "raw" / AIIB_FOLDER, tmp_path / "tiny.pt")
+    twins = tmp_path / "twins"
+    twins.mkdir()
+    for name in ("a", "b"):
+        (twins / f"{name}.nii.gz").write_bytes((scans / "good_sitk.nii.gz").read_bytes())
+    args = [sys.executable, "3_predict_aiib2023.py", f"--input_dir={twins}", f"--checkpoint={tmp_path / 'tiny.pt'}",
+            f"--save_dir={tmp_path / 'out'}", "--device=cpu", "--mirror_axes=[]", "--torch_compile=False",
+            "--save_uncertainty=True", "--seed=3"]
+    result = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    # the seed is reset for every case: two copies of one scan get the same noise, so the same (noisy) uncertainty
+    first, second = (read_volume(tmp_path / "out" / f"{name}_uncertainty.nii.gz")[0] for name in ("a", "b"))
+    assert first.std() > 0
+    np.testing.assert_array_equal(first, second)

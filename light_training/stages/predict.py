@@ -18,7 +18,7 @@ from light_training.datasets import DatasetDescription, load_dataset
 from light_training.inference.prediction import InferenceSettings, predict_volume, save_prediction
 from light_training.preprocessing.preprocess import load_case, preprocess_case
 from light_training.preprocessing.raw_cases import RawCase, find_raw_cases, read_raw_case
-from light_training.runtime import compile_for_inference, resolve_device, set_cpu_threads
+from light_training.runtime import compile_for_inference, resolve_device, seed_everything, set_cpu_threads
 from light_training.stages import write_config
 from light_training.training.splits import held_out_cases
 
@@ -123,6 +123,8 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
             image, _, properties = preprocess_case(image, geometry, None, plans, case=name)
         else:
             image, label, properties = load_case(c["data_dir"], name)
+        if c["seed"] is not None:  # per case: a case's prediction does not depend on which others were predicted
+            seed_everything(c["seed"])
         probabilities, uncertainty = predict_volume(model, image, settings, device)
         written.append(save_prediction(probabilities, uncertainty, properties, plans["labels"], c["save_dir"],
                                        c["save_probabilities"], c["save_uncertainty"]))
