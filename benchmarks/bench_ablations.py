@@ -51,10 +51,10 @@ device = None  # None: "cpu" in quick mode, "cuda:0" in full mode
 raw_dir = None  # full mode: the raw dataset; None: the scripts' default (./data/raw_data/<folder>)
 num_cases = 10  # quick mode: synthetic cases (a fifth is held out and scored)
 shape = None  # quick mode: (z, y, x) of the synthetic volumes; None: the generator's small default
-patch_size = None  # training and sliding-window patch (z, y, x); None: quick [32, 48, 48], full [128, 128, 128]
+patch_size = None  # training and sliding-window patch (z, y, x); None: quick [32, 32, 32], full [128, 128, 128]
 val_every = None  # validate every this many epochs; None: quick once at the end, full 2
 num_val_patches = None  # validation patches for the pseudo Dice; None: quick 8, full 50
-num_workers = None  # augmentation worker processes; None: quick 1, full 8
+num_workers = None  # augmentation worker processes; None: quick 0 (in the training process), full 8
 num_threads = None  # torch threads; None: quick one fewer than the cores, full torch's default
 checkpoint = "final"  # predicted checkpoint of every run: "final" (the same budget for all), "best" (pseudo Dice)
 
@@ -68,12 +68,14 @@ _VARIANTS = {  # variant: (the training run it predicts with, training overrides
     "fusion_last": ("diffunet", {}, {"fusion": "last"}),
 }
 _MODES = {  # what None means in each mode, and the settings a user does not choose here
-    "quick": {"max_epoch": 10, "num_iterations_per_epoch": 50, "device": "cpu", "patch_size": [32, 48, 48],
-              "batch_size": 2, "val_every": None, "num_val_patches": 8, "num_workers": 1, "model_preset": "tiny",
-              "mirror_axes": [], "torch_compile": False, "metric_processes": 0},
+    "quick": {"max_epoch": 10, "num_iterations_per_epoch": 50, "device": "cpu", "patch_size": [32, 32, 32],
+              "batch_size": 2, "val_every": None, "num_val_patches": 8, "num_workers": 0, "model_preset": "tiny",
+              "oversample_foreground": 0.66, "mirror_axes": [], "overlap": 0.25, "torch_compile": False,
+              "metric_processes": 0},
     "full": {"max_epoch": 1000, "num_iterations_per_epoch": 250, "device": "cuda:0", "patch_size": [128, 128, 128],
              "batch_size": 2, "val_every": 2, "num_val_patches": 50, "num_workers": 8, "model_preset": "paper",
-             "mirror_axes": [0, 1, 2], "torch_compile": True, "metric_processes": 4},
+             "oversample_foreground": 0.33, "mirror_axes": [0, 1, 2], "overlap": 0.5, "torch_compile": True,
+             "metric_processes": 4},
 }
 _CHAINS = {  # the dataset's scripts, synthetic generator, raw folder and table columns
     "aiib2023": {"scripts": ("1_preprocessing_aiib2023.py", "2_train_diffunet_aiib2023.py",
@@ -154,7 +156,7 @@ def _data(s: dict[str, Any], root: Path) -> tuple[Path, Path]:
 
 def _train(s: dict[str, Any], script: str, data_dir: Path, logdir: Path, options: dict[str, Any]) -> float:
     keys = ("max_epoch", "num_iterations_per_epoch", "batch_size", "patch_size", "val_every", "num_val_patches",
-            "num_workers", "seed", "device", "model_preset")
+            "num_workers", "seed", "device", "model_preset", "oversample_foreground")
     overrides = {"data_dir": data_dir, "logdir": logdir, **{k: s[k] for k in keys}, **options}
     if s["num_threads"] is not None:
         overrides["num_threads"] = s["num_threads"]
@@ -166,7 +168,8 @@ def _predict(s: dict[str, Any], script: str, data_dir: Path, logdir: Path, save_
     """Predict the held-out fold; ``(seconds per case, the cases)``, the script's start-up included."""
     overrides = {"data_dir": data_dir, "logdir": logdir, "checkpoint": logdir / "model" / f"{s['checkpoint']}.pt",
                  "save_dir": save_dir, "device": s["device"],
-                 "mirror_axes": s["mirror_axes"], "torch_compile": s["torch_compile"], "save_uncertainty": True,
+                 "mirror_axes": s["mirror_axes"], "overlap": s["overlap"], "torch_compile": s["torch_compile"],
+                 "save_uncertainty": True,
                  "seed": s["seed"], **options}
     if s["num_threads"] is not None:
         overrides["num_threads"] = s["num_threads"]
@@ -237,7 +240,8 @@ def bench(c: dict[str, Any], script: str) -> list[dict[str, Any]]:
     where = (f"{s['device']}, {s['num_threads']} torch threads" if s["num_threads"] else s["device"])
     budget = (f"{s['max_epoch']} epochs x {s['num_iterations_per_epoch']} steps, batch {s['batch_size']}, patch "
               f"{'x'.join(map(str, s['patch_size']))}, {s['model_preset']} preset, seed {s['seed']}, {where}, "
-              f"mirror axes {s['mirror_axes']}, {s['checkpoint']}.pt predicted")
+              f"foreground patches {s['oversample_foreground']:.0%}, mirror axes {s['mirror_axes']}, overlap "
+              f"{s['overlap']}, {s['checkpoint']}.pt predicted")
     data = f"{s['num_cases']} synthetic cases" if s["quick"] else f"{raw}"
     header = [f"=== ablations on {s['dataset']} ({data}; held-out fold; means over its cases) ===",
               f"machine: {os.cpu_count()} cores, load average at start {load_start}, at end {_load()}",

@@ -26,6 +26,7 @@ val_every = 2  # validate (sampling on foreground patches of the held-out fold) 
 device = "cuda:0"  # falls back to the CPU when CUDA is absent; under torchrun each rank takes cuda:LOCAL_RANK
 patch_size = [128, 128, 128]  # training patch (z, y, x); must suit the model (divisible by 32 for "paper")
 augmentation = True  # nnU-Net's augmentation recipe; False: plain patches
+oversample_foreground = 0.33  # share of training patches centred on a foreground voxel (nnU-Net's 0.33)
 model_preset = "paper"  # "paper" (the published network) or "tiny" (CPU tests and demos)
 model_variant = "diffunet"  # "diffunet", or "unet": the same denoiser U-Net fed only the image, DC+CE (baseline)
 mba = True  # multi-granularity boundary aggregation (ablation: False)

@@ -71,7 +71,8 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
         if c["resume"]:
             trainer.resume()
         stream = make_training_stream(c["data_dir"], train_cases, c["patch_size"], c["batch_size"], c["augmentation"],
-                                      c["num_workers"], seed=[c["seed"], dist.rank, trainer.start_epoch])
+                                      c["num_workers"], seed=[c["seed"], dist.rank, trainer.start_epoch],
+                                      oversample_foreground_percent=c["oversample_foreground"])
         validation = ValidationPatches(c["data_dir"], val_cases, c["patch_size"], c["num_val_patches"], c["seed"])
         if dist.is_main and validation.without_foreground:
             print(f"warning: validation case(s) without foreground left out of the pseudo Dice: "
