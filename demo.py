@@ -6,10 +6,10 @@ CPU configuration (tiny preset, small patches, a few epochs), and prints both me
 preview pictures are, and the wall time. Everything goes under ./data/demo, ./logs/demo and
 ./prediction_results/demo.
 
-What the settings trade: a short schedule (400 AIIB and 150 BraTS steps at twice the scripts' learning rate)
-for about 8-9 minutes on a quiet 2-core CPU, at the cost of accuracy (AIIB IoU about 0.55, where 900 steps
-reach 0.7); one torch thread with augmentation in-process: slower than two threads on an idle machine, but it
-keeps its speed beside a busy process, where two threads slow down 4-15x.
+What the settings trade: a short schedule (600 AIIB and 300 BraTS steps at twice the scripts' learning rate, on
+32x32x32 patches, two thirds of them centred on foreground) for about 7 minutes on a quiet 2-core CPU, at the cost
+of accuracy (AIIB IoU about 0.71); one torch thread with augmentation in-process: slower than two threads on an
+idle machine, but it keeps its speed beside a busy process, where two threads slow down 2x or more.
 
 Examples (the last one a smoke test):
     python demo.py
