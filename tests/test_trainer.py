@@ -57,7 +57,11 @@ def test_script_runs_two_epochs_and_writes_logs_checkpoints_and_plot(data_dir: P
     cmd = [sys.executable, "2_train_diffunet_aiib2023.py", f"--data_dir={data_dir}", f"--logdir={logdir}",
            "--device=cpu", "--model_preset=tiny", f"--patch_size={PATCH}", "--max_epoch=2",
            "--num_iterations_per_epoch=3", "--num_workers=1", "--val_every=1", "--num_val_patches=2"]
-    result = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    refused = subprocess.run(cmd + ["--oversample_foreground=1.5"], cwd=repo_root, capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode == 1 and "oversample_foreground=1.5" in refused.stderr and not logdir.exists()
+    result = subprocess.run(cmd + ["--oversample_foreground=0.5"], cwd=repo_root, capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CUDA" not in result.stdout  # --device=cpu: no fallback note
     assert result.stdout.count("| pseudo Dice") == 2 and "epoch 2/2 |" in result.stdout
@@ -65,7 +69,7 @@ def test_script_runs_two_epochs_and_writes_logs_checkpoints_and_plot(data_dir: P
     assert len(list(logdir.glob("events.out.tfevents.*"))) == 1
     assert (logdir / "progress.png").stat().st_size > 1000
     config = json.loads((logdir / "2_train_diffunet_aiib2023_config.json").read_text())
-    assert config["max_epoch"] == 2 and config["patch_size"] == PATCH
+    assert config["max_epoch"] == 2 and config["patch_size"] == PATCH and config["oversample_foreground"] == 0.5
     for name in ("latest", "best", "final"):
         ckpt = load_checkpoint(logdir / "model" / f"{name}.pt")  # weights_only=True
         assert ckpt["model_class"] == "DiffUNet" and ckpt["plans"]["dataset"] == "aiib2023"

@@ -47,6 +47,9 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
     resolved constants. A fresh run moves an earlier run in ``logdir`` to ``previous_runs/``.
     """
     c = config
+    if not 0 <= c["oversample_foreground"] <= 1:
+        raise ValueError(f"oversample_foreground={c['oversample_foreground']!r}: expected a share of the patches, "
+                         f"in [0, 1]")
     set_cpu_threads(c["num_threads"])
     dist, device = setup_distributed(resolve_device(c["device"]))
     seed_everything(c["seed"])  # the same initial weights on every rank (DDP also broadcasts rank 0's)
