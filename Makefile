@@ -2,7 +2,7 @@
 # environment .venv (tools/setup_env.sh: created when missing, the torch build for this machine,
 # a quick check when nothing is missing), then runs in it.
 #   make install                          only the environment
-#   make demo ARGS="--max_epoch=2"        python demo.py, with ARGS passed on
+#   make demo ARGS="--max_epoch_aiib2023=4"  python demo.py, with ARGS passed on
 #   make test ARGS="-k config"            python -m pytest tests -q, with ARGS passed on
 #   make test ARGS="tests/test_config.py" the files named in ARGS instead of all of tests/
 PYTHON := .venv/bin/python
