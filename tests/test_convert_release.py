@@ -4,6 +4,7 @@ and ``DiffUNet(4, 4)`` state dicts, as its own code builds them."""
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -107,3 +108,26 @@ def test_command_writes_a_checkpoint_that_loads_like_ours(tmp_path, capsys):
     assert sum(p.numel() for p in model.parameters()) == 62_834_512
     assert main([str(tmp_path / "release.pt"), str(tmp_path / "bad.pt"), "--channel_names=a,b"]) == 1
     assert "1 channel" in capsys.readouterr().err and not (tmp_path / "bad.pt").exists()
+
+
+def test_converted_weights_sample_what_the_release_sampled():
+    """Against the release's own output, not our reading of it: tests/reference/release_sample_DiffUNet_1_2.npz
+    holds ``softmax(DiffUNet(1, 2)(x, ddim=True))[0, 1]`` of the release's code (github.com/ge-xing/DiffUNet,
+    diffunet/diffunet_model.py) with the weights ``release_state("DiffUNet_1_2")``, ``x`` the 64^3 normal
+    image below and ``torch.manual_seed(7)`` before the call: the central 16^3 voxels, the volume mean and
+    the count above 0.5. (The release's code cannot be committed here; it produced these numbers once.)"""
+    release = release_state("DiffUNet_1_2")
+    model, _ = convert_state_dict(release)
+    assert {k: model.config[k] for k in ("sampling_time_input", "fusion", "add_boundary_logits", "steps",
+                                         "rand_steps", "bit_scale")} == {
+        "sampling_time_input": "logsnr", "fusion": "mean", "add_boundary_logits": True, "steps": 3,
+        "rand_steps": 1, "bit_scale": 0.001}  # the release's inference, written out here
+    x = torch.randn(1, 1, 64, 64, 64, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(7)
+    with torch.no_grad():
+        probs, _ = model.sample(x)
+    reference = np.load(REFERENCE / "release_sample_DiffUNet_1_2.npz")
+    p1 = probs[0, 1].numpy()
+    np.testing.assert_allclose(p1[24:40, 24:40, 24:40], reference["p1"], atol=1e-4)
+    assert abs(p1.mean() - reference["mean"]) < 1e-5 and abs(int((p1 > 0.5).sum()) - reference["positive"]) <= 2
+    assert 0.05 < reference["p1"].mean() < 0.95 and reference["p1"].std() > 0.1  # not a saturated output
