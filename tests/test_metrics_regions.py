@@ -84,3 +84,16 @@ def test_bad_input_is_an_error():
         region_case_metrics(shifted()[:, :, :-1], label_map(), (1.0, 1.0, 1.0), REGIONS)
     with pytest.raises(ValueError, match="spacing"):
         region_case_metrics(shifted(), label_map(), (1.0, 1.0), REGIONS)
+
+
+def test_one_printed_table_per_region_even_when_one_name_starts_another():
+    from light_training.datasets import parse_description
+    from light_training.stages.evaluate import metric_for
+
+    for metrics in ("dice_hd95", "brats2023"):
+        description = parse_description({"channel_names": {"0": "CT"}, "numTraining": 2, "file_ending": ".nii.gz",
+                                         "labels": {"background": 0, "liver": 1, "liver tumour": 2},
+                                         "metrics": metrics}, "x/dataset.json")
+        _, columns, groups = metric_for(description)
+        assert [g[0] for g in groups] == ["liver_Dice", "liver_tumour_Dice"]
+        assert sum(groups, []) == list(columns)  # every column in exactly one table

@@ -28,8 +28,10 @@ def metric_for(description: DatasetDescription) -> tuple[Callable, tuple[str, ..
 
 
 def _groups(columns: Sequence[str], regions: dict[str, list[int]]) -> list[list[str]]:
-    from light_training.evaluation.metrics_brats import normalize_regions  # the column prefixes the metrics use
-    return [[c for c in columns if c.startswith(f"{name}_")] for name in normalize_regions(regions)]
+    """One group per region: the metric columns come region by region, as many per region (by name prefix,
+    region "liver" would also claim "liver_tumour_Dice")."""
+    per_region = len(columns) // len(regions)
+    return [list(columns[i:i + per_region]) for i in range(0, len(columns), per_region)]
 
 
 def evaluate(config: dict[str, Any], script: str) -> Any:
