@@ -66,7 +66,7 @@ for preset in presets:
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / steps
-    precision = str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "fp32"
+    precision = trainer.precision
     rows.append(["train step", preset, "x".join(map(str, patch)), f"{where}, {precision}",
                  f"{1 / seconds:.3f} steps/s", f"{batch_size / seconds:.2f} patches/s"])
     print(rows[-1], flush=True)

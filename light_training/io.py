@@ -39,7 +39,7 @@ class Geometry:
     shape: tuple[int, int, int]
 
     @classmethod
-    def of(cls, image: sitk.Image) -> "Geometry":
+    def of(cls, image: sitk.Image | sitk.ImageFileReader) -> "Geometry":
         return cls(spacing=tuple(float(s) for s in image.GetSpacing()[::-1]),
                    origin=tuple(float(o) for o in image.GetOrigin()),
                    direction=tuple(float(d) for d in image.GetDirection()),

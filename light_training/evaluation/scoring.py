@@ -143,10 +143,7 @@ def read_geometry(path: str | Path) -> Geometry:
         raise ImageReadError(f"{path}: unreadable image header ({str(err).strip().splitlines()[-1]})") from None
     if reader.GetDimension() != 3:
         raise ImageReadError(f"{path}: expected a 3-D image, got {reader.GetDimension()}-D")
-    return Geometry(spacing=tuple(float(s) for s in reader.GetSpacing()[::-1]),
-                    origin=tuple(float(o) for o in reader.GetOrigin()),
-                    direction=tuple(float(d) for d in reader.GetDirection()),
-                    shape=tuple(int(s) for s in reader.GetSize()[::-1]))
+    return Geometry.of(reader)  # the reader answers the same getters as an image
 
 
 def score_pair(pair: CasePair, case_metric: CaseMetric, columns: Sequence[str], extra_metric: CaseExtra | None = None,

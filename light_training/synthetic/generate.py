@@ -118,12 +118,13 @@ def generate_aiib2023(out_dir: str | Path, num_cases: int = 12, seed: int = 0,
     """
     shape = _check_arguments(num_cases, seed, shape)
     root = Path(out_dir) / AIIB_FOLDER
+    description = load_dataset("aiib2023")
     cases = []
     for index in range(int(num_cases)):
         start = time.time()
         case = f"AIIB23_{index + 1}"
         image, label, geometry = _aiib_case(int(seed), index, shape)
-        write_case(root, load_dataset("aiib2023"), case, [image], label, geometry)
+        write_case(root, description, case, [image], label, geometry)
         cases.append(case)
         if verbose:
             print(f"{case}: shape {geometry.shape}, spacing {geometry.spacing}, "
@@ -148,15 +149,17 @@ def generate_brats2023(out_dir: str | Path, num_cases: int = 12, seed: int = 0,
     root = Path(out_dir) / BRATS_FOLDER
     # like the real files as SimpleITK reads them: 1 mm, identity direction, origin (0, -239, 0) for 240 rows
     geometry = Geometry((1.0, 1.0, 1.0), (0.0, -(shape[1] - 1.0), 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), shape)
+    description = load_dataset("brats2023")
     cases = []
     for index in range(int(num_cases)):
         start = time.time()
         case = f"BraTS-GLI-{index:05d}-000"
         images, label, lesions = synthesize_mri(case_rng(int(seed), "brats2023", index), shape, index)
-        description = load_dataset("brats2023")
-        for pattern in (*description.raw_layout["images"][1:], *description.raw_layout["labels"][1:]):
+        for pattern in description.raw_layout["images"][1:]:
             for c in range(len(SEQUENCES)):
                 (root / layout_path(pattern, case, c, description)).unlink(missing_ok=True)
+        for pattern in description.raw_layout["labels"][1:]:
+            (root / layout_path(pattern, case, 0, description)).unlink(missing_ok=True)
         write_case(root, description, case, [images[s] for s in description.channel_names], label, geometry)
         cases.append(case)
         if verbose:

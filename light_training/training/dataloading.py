@@ -175,14 +175,15 @@ class ValidationPatches:
         cases = _check_cases(data_dir, cases)
         # a case without foreground would only add false positives to the pseudo Dice (a lone one makes
         # it 0): such cases are left out of validation, and listed
-        self.without_foreground = [c for c in cases if not any(load_case(self.data_dir, c)[2]["class_locations"].values())]
+        loaded = {c: load_case(self.data_dir, c) for c in cases}  # (image memmap, label, properties), read once
+        self.without_foreground = [c for c in cases if not any(loaded[c][2]["class_locations"].values())]
         cases = [c for c in cases if c not in self.without_foreground]
         if not cases:
             return
         rng = np.random.default_rng(seed)
         for i in range(num_patches):
             case = cases[i % len(cases)]
-            image, _, properties = load_case(self.data_dir, case)
+            image, _, properties = loaded[case]
             center = foreground_voxel(properties, rng)
             self.boxes.append((case, choose_patch_start(image.shape[1:], self.patch_size, rng, center)))
 

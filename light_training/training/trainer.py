@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -28,7 +27,7 @@ from tqdm import tqdm
 from diffunet.networks import network_from_config
 from diffunet.uncertainty import uncertainty_map
 from light_training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from light_training.runtime import DistInfo, resolve_precision, seed_everything
+from light_training.runtime import DistInfo, autocast_context, resolve_precision, seed_everything
 from light_training.training.dataloading import ValidationPatches
 from light_training.training.loss import training_loss
 from light_training.training.monitor import TrainingMonitor, middle_slices, summary_line
@@ -108,9 +107,8 @@ class Trainer:
                                          nesterov=True, weight_decay=settings.weight_decay)
         # a closure reads self.settings, so a resumed run with a new max_epoch follows the new schedule
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: self._poly(e))
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16,
-                          "fp16": torch.float16}[resolve_precision(settings.precision, device)]
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        self.precision = resolve_precision(settings.precision, device)  # "fp32", "bf16" or "fp16"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.start_epoch, self.best_dice = 0, -1.0
         self.nonfinite_in_a_row = 0  # skipped steps in a row, across epochs
         self.history: dict[str, list] = {}
@@ -174,9 +172,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast_context(self.device, self.precision)
 
     def _all_finite(self, value: torch.Tensor) -> bool:
         """True when ``value`` is finite on every rank (all ranks must skip a step together)."""
