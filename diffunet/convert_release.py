@@ -30,8 +30,8 @@ import torch
 
 from diffunet.model import DiffUNet
 
-__all__ = ["RELEASE_INFERENCE", "ConversionReport", "release_architecture", "map_release_key", "convert_state_dict",
-           "release_checkpoint", "main"]
+__all__ = ["RELEASE_INFERENCE", "ConversionReport", "is_release_state", "release_architecture", "map_release_key",
+           "convert_state_dict", "release_checkpoint", "main"]
 
 # the release's inference, as options of ours (diffunet/diffunet_model.py and nnunet3d_denoise.py there)
 RELEASE_INFERENCE = {"sampling_time_input": "logsnr", "fusion": "mean", "add_boundary_logits": True,
@@ -48,6 +48,15 @@ class ConversionReport:
     dropped: list[str] = field(default_factory=list)
     dropped_parameters: int = 0
     aliases: list[str] = field(default_factory=list)
+
+
+def is_release_state(obj: Any) -> bool:
+    """Whether a loaded file is a state dict of the original release (as the converter accepts it)."""
+    try:
+        _unwrap(obj)
+    except (ValueError, AttributeError):  # AttributeError: not a dict at all
+        return False
+    return True
 
 
 def _unwrap(state: dict[str, Any]) -> dict[str, torch.Tensor]:

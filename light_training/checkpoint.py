@@ -45,7 +45,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, foreign pickle, ...
         raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
-    if isinstance(checkpoint, dict) and any(str(k).split(".")[0] in ("edge_model", "module") for k in checkpoint):
+    from diffunet.convert_release import is_release_state  # here, as in build_model: only when a file is read
+
+    if is_release_state(checkpoint):
         raise ValueError(f"{path}: a state dict of the original Diff-UNet release, not a checkpoint of this project; "
                          f"convert it first: python -m diffunet.convert_release {path} converted.pt")
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in _REQUIRED_KEYS):

@@ -98,6 +98,9 @@ def test_command_writes_a_checkpoint_that_loads_like_ours(tmp_path, capsys):
     torch.save({"module." + k: v for k, v in release_state("DiffUNet_1_2").items()}, tmp_path / "release.pt")
     with pytest.raises(ValueError, match="convert_release"):  # the raw release file: the loader says what to do
         load_checkpoint(tmp_path / "release.pt")
+    torch.save({"state_dict": release_state("DiffUNet_1_2")}, tmp_path / "wrapped.pt")  # as Lightning-style saves wrap it
+    with pytest.raises(ValueError, match="convert_release"):
+        load_checkpoint(tmp_path / "wrapped.pt")
     assert main([str(tmp_path / "release.pt"), str(tmp_path / "ours.pt"), "--channel_names=CT",
                  "--label_names=background,airway", "--dataset=aiib2023"]) == 0
     printed = capsys.readouterr().out
