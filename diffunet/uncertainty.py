@@ -78,9 +78,9 @@ def entropy_term(kind: str, output: SampleOutput) -> torch.Tensor:
     return normalized_entropy(output.probs) if check_uncertainty(kind) == "fused_entropy" else output.member_entropy
 
 
-def uncertainty_from_means(kind: str, member_probs: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+def uncertainty_from_means(kind: str, member_probs: torch.Tensor, entropy: torch.Tensor | None) -> torch.Tensor:
     """The ``kind`` map from the averaged ``member_probs`` (B, K, ...) and the averaged :func:`entropy_term`
-    (B, ...): (B, ...) float32 in [0, 1]."""
+    (B, ...; not needed, and may be None, for "total"): (B, ...) float32 in [0, 1]."""
     if check_uncertainty(kind) == "fused_entropy":
         return entropy.float().clamp(0.0, 1.0)
     total = normalized_entropy(member_probs)

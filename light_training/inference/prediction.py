@@ -56,7 +56,8 @@ class InferenceSettings:
 class _MirroredSampler:
     """The inferer's predictor: ``(N, C, *roi)`` windows -> averages over every mirror combination of
     ``mirror_axes`` of the fused probabilities ``(N, K, *roi)``, the member probabilities ``(N, K, *roi)``
-    (not for "fused_entropy") and the entropy term ``(N, 1, *roi)`` of ``settings.uncertainty``.
+    (not for "fused_entropy") and the entropy term ``(N, 1, *roi)`` of ``settings.uncertainty`` (not for
+    "total", which needs only the member probabilities).
     Mirrors are accumulated as running sums, one call's output at a time."""
 
     def __init__(self, model: torch.nn.Module, settings: InferenceSettings, device: torch.device):
@@ -65,10 +66,11 @@ class _MirroredSampler:
         self.flips = [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
         self.batched = device.type == "cuda" if settings.batch_mirrors is None else settings.batch_mirrors
         self.with_members = settings.uncertainty != "fused_entropy"
+        self.with_entropy = settings.uncertainty != "total"
 
     def _outputs(self, output) -> tuple[torch.Tensor, ...]:
         terms = (output.probs, output.member_probs) if self.with_members else (output.probs,)
-        return (*terms, entropy_term(self.settings.uncertainty, output)[:, None])
+        return (*terms, entropy_term(self.settings.uncertainty, output)[:, None]) if self.with_entropy else terms
 
     def __call__(self, windows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = windows.shape[0]
@@ -110,7 +112,7 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, set
                                    cache_roi_weight_map=True, device=device, sw_device=device)
     sampler = _MirroredSampler(model, settings, device)
     outputs = inferer(image[None].to(device), sampler)
-    probs, entropy = outputs[0], outputs[-1][:, 0]
+    probs, entropy = outputs[0], outputs[-1][:, 0] if sampler.with_entropy else None
     member_probs = outputs[1] if sampler.with_members else probs
     return probs[0], uncertainty_from_means(settings.uncertainty, member_probs, entropy)[0]
 
