@@ -17,7 +17,6 @@ Examples (the last one a smoke test):
     python demo.py --num_cases=6 --max_epoch_aiib2023=1 --max_epoch_brats2023=1 --num_iterations_per_epoch=2
 """
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 from light_training.io import read_json  # noqa: E402
-from light_training.stages import run, write_config  # noqa: E402
+from light_training.stages import load_average, run, run_script, write_config  # noqa: E402
 
 datasets = ["aiib2023", "brats2023"]  # which chains to run
 num_cases = 10  # synthetic cases per dataset (a fifth is held out for prediction and metrics)
@@ -69,18 +68,11 @@ CHAINS = {
 
 def _script(script: str, **overrides: Any) -> None:
     """Run one numbered script from the repository root, as a user would."""
-    args = [f"--{k}={v}" for k, v in overrides.items()]
-    print(f"\n$ python {script} {' '.join(args)}", flush=True)
-    start = time.time()
-    result = subprocess.run([sys.executable, script, *args], cwd=ROOT)
-    if result.returncode != 0:
-        raise ValueError(f"{script} failed (exit {result.returncode}); see its output above")
-    print(f"[{script} took {time.time() - start:.0f} s]", flush=True)
+    run_script(script, overrides, ROOT)
 
 
 def _machine() -> str:
-    load = os.getloadavg()
-    return f"{os.cpu_count()} cores, load average {load[0]:.2f} (1 min) / {load[1]:.2f} (5 min)"
+    return f"{os.cpu_count()} cores, load average {load_average()}"
 
 
 def _training_time(checkpoint: Path, steps_per_epoch: int) -> str:

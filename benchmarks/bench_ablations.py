@@ -27,7 +27,6 @@ Examples:
     python benchmarks/bench_ablations.py --quick=False --raw_dir=./data/raw_data/AIIB23_Train_T1 --json=ablations.json
 """
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from light_training.io import read_json, write_json  # noqa: E402
-from light_training.stages import run, write_config  # noqa: E402
+from light_training.stages import load_average, run, run_script, write_config  # noqa: E402
 
 dataset = "aiib2023"  # "aiib2023" or "brats2023"
 quick = True  # True: synthetic data, tiny preset, CPU; False: the real data in raw_dir, paper preset and budget
@@ -96,20 +95,7 @@ _NOTE = ("synthetic data cannot rank methods: it shows that every variant trains
 
 def _call(script: str, overrides: dict[str, Any]) -> float:
     """Run one numbered script from the repository root, as a user would; its wall time in seconds."""
-    args = [f"--{k}={v}" for k, v in overrides.items()]
-    print(f"\n$ python {script} {' '.join(args)}", flush=True)
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, script, *args], cwd=ROOT)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        raise ValueError(f"{script} failed (exit {result.returncode}); see its output above")
-    print(f"[{script} took {seconds:.0f} s]", flush=True)
-    return seconds
-
-
-def _load() -> str:
-    one, five, _ = os.getloadavg()
-    return f"{one:.2f} (1 min) / {five:.2f} (5 min)"
+    return run_script(script, overrides, ROOT)
 
 
 def _settings(c: dict[str, Any]) -> dict[str, Any]:
@@ -215,7 +201,7 @@ def bench(c: dict[str, Any], script: str) -> list[dict[str, Any]]:
     s = _settings(c)
     chain = _CHAINS[s["dataset"]]
     _, train_script, predict_script, metrics_script = chain["scripts"]
-    load_start, start = _load(), time.perf_counter()
+    load_start, start = load_average(), time.perf_counter()
     print(f"machine: {os.cpu_count()} cores, load average {load_start}; other processes share these cores", flush=True)
     root = Path(s["workdir"]).resolve() / s["dataset"]  # the scripts run from the repository root
     raw, data_dir = _data(s, root)
@@ -244,7 +230,7 @@ def bench(c: dict[str, Any], script: str) -> list[dict[str, Any]]:
               f"{s['overlap']}, {s['checkpoint']}.pt predicted")
     data = f"{s['num_cases']} synthetic cases" if s["quick"] else f"{raw}"
     header = [f"=== ablations on {s['dataset']} ({data}; held-out fold; means over its cases) ===",
-              f"machine: {os.cpu_count()} cores, load average at start {load_start}, at end {_load()}",
+              f"machine: {os.cpu_count()} cores, load average at start {load_start}, at end {load_average()}",
               f"budget: {budget}; wall time {wall:.0f} s ({wall / 60:.1f} min)",
               "train_s: wall time of the training script (validation included); predict_s/case: wall time of the "
               "prediction script over the cases (start-up and model loading included)"]

@@ -12,14 +12,17 @@ become exit codes. Each stage writes the constants it ran with next to its outpu
 """
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from light_training.config import apply_overrides
 from light_training.io import write_json
 
-__all__ = ["Stage", "StageFailed", "run", "write_config"]
+__all__ = ["Stage", "StageFailed", "run", "write_config", "run_script", "load_average"]
 
 Stage = Callable[[dict[str, Any], str], Any]
 
@@ -48,3 +51,24 @@ def run(stage: Stage, namespace: dict[str, Any], argv: list[str] | None = None) 
     except (ValueError, StageFailed) as err:
         print(f"{script}: {err}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
+
+
+def run_script(script: str, overrides: dict[str, Any], cwd: str | Path) -> float:
+    """Run a numbered script in ``cwd`` as a user would (``python script --name=value ...``), printing the
+    command and its wall time; returns the seconds. ``ValueError`` when it fails (its output says why).
+    For the demo and the benchmarks, which chain the scripts."""
+    args = [f"--{k}={v}" for k, v in overrides.items()]
+    print(f"\n$ python {script} {' '.join(args)}", flush=True)
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, script, *args], cwd=cwd)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        raise ValueError(f"{script} failed (exit {result.returncode}); see its output above")
+    print(f"[{script} took {seconds:.0f} s]", flush=True)
+    return seconds
+
+
+def load_average() -> str:
+    """The machine's load average, for timings that other processes on the machine slow down."""
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f} (1 min) / {five:.2f} (5 min)"
