@@ -5,7 +5,9 @@ A description is nnU-Net v2's ``dataset.json`` (``channel_names``, ``labels``, `
 
 - ``labels``: ``{"background": 0, "airway": 1}``; entries whose value is a list are *regions* for
   evaluation, e.g. ``"whole tumor": [1, 2, 3]``. The plain labels are the network's classes, in value
-  order; their values must be 0, 1, ..., K-1.
+  order; their values must be 0, 1, ..., K-1. (nnU-Net v2 reads list values as region-based *training*
+  and then needs ``regions_class_order``; such a file is refused here with that reason: the network
+  here trains on the plain labels.)
 - ``raw_layout``: where a case's files are, relative to the raw folder, as patterns with ``{case}``,
   ``{channel}`` (the channel's name), ``{channel_index}`` (``0000``, ``0001``, ...) and ``{ext}``
   (``file_ending``; ``.nii`` and ``.nii.gz`` are both accepted). Each entry is a list of alternatives,
@@ -112,6 +114,10 @@ def parse_description(data: Any, source: str = "<description>") -> DatasetDescri
             or not all(isinstance(v, str) and v for v in channels.values())):
         raise _error(source, "channel_names", f'expected {{"0": "name", "1": ...}} with keys 0..C-1, got {channels!r}')
     channel_names = tuple(channels[str(i)] for i in range(len(channels)))
+    if "regions_class_order" in data:
+        raise _error(source, "regions_class_order", "nnU-Net's region-based training is not supported: give "
+                                                    "the plain labels 0, 1, ..., K-1 (the classes the network "
+                                                    "learns) and regions as lists, which are evaluated")
     labels, regions = {}, {}
     if not isinstance(data["labels"], dict):
         raise _error(source, "labels", f'expected {{"background": 0, "name": 1, ...}}, got {data["labels"]!r}')
@@ -168,8 +174,8 @@ def parse_description(data: Any, source: str = "<description>") -> DatasetDescri
     metrics = data.get("metrics", "dice_hd95")
     if metrics not in METRIC_SETS:
         raise _error(source, "metrics", f"expected one of {list(METRIC_SETS)}, got {metrics!r}")
-    evaluate = data.get("evaluate", [n for n in labels if labels[n] != 0] + list(regions))
     known = [n for n in labels if labels[n] != 0] + list(regions)
+    evaluate = data.get("evaluate", known)
     if not isinstance(evaluate, list) or not evaluate or any(n not in known for n in evaluate):
         raise _error(source, "evaluate", f"expected a list of foreground label or region names from {known}, "
                                          f"got {evaluate!r}")

@@ -38,6 +38,9 @@ def test_nnunet_defaults_and_regions():
     ({"raw_layout": {"images": ["img/{cas}{ext}"]}}, "raw_layout.images", "placeholders"),
     ({"target_spacing": [1, 0, 1]}, "target_spacing", "three positive"),
     ({"normalization": {"0": "CT"}}, "normalization", "per channel"),
+    # nnU-Net v2's region-based training format, as its documentation writes it
+    ({"labels": {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": 3},
+      "regions_class_order": [1, 2, 3]}, "regions_class_order", "region-based training"),
 ])
 def test_bad_descriptions_name_the_file_and_field(tmp_path, change, field, words):
     path = tmp_path / "dataset.json"

@@ -210,9 +210,10 @@ def read_raw_case(raw: RawCase, description: DatasetDescription | str,
             continue
         if mask.shape != image.shape[1:] or mask.all():
             raise ImageReadError(f"{path}: {int(mask.sum())} NaN/Inf voxel(s) and no finite value to replace them with")
-        image[c][mask] = image[c][~mask].min()
-        warnings.warn(f"{path}: {int(mask.sum())} NaN/Inf voxel(s) replaced by the scan's minimum "
-                      f"{image[c][~mask].min():g}", UserWarning, stacklevel=2)
+        minimum = image[c][~mask].min()
+        image[c][mask] = minimum
+        warnings.warn(f"{path}: {int(mask.sum())} NaN/Inf voxel(s) replaced by the scan's minimum {minimum:g}",
+                      UserWarning, stacklevel=2)
     label = read_label(raw.label_file, geometry)[0] if raw.label_file is not None else None
     validate_case(image, label, description.label_values, names)
     return image, geometry, label

@@ -7,7 +7,7 @@ from typing import Any
 from light_training.datasets import load_dataset
 from light_training.preprocessing.planning import plans_path, prepare_plans
 from light_training.preprocessing.preprocess import preprocess_dataset
-from light_training.preprocessing.raw_cases import find_raw_cases, layout_path
+from light_training.preprocessing.raw_cases import NIFTI_ENDINGS, find_raw_cases, layout_path
 from light_training.stages import write_config
 
 __all__ = ["preprocess", "rename"]
@@ -62,7 +62,7 @@ def rename(config: dict[str, Any], script: str) -> None:
     files = [("images", c) for c in range(len(description.channel_names))] + [("labels", None)]
     for raw in cases:
         for kind, channel in files:
-            ext = next((e for e in (".nii.gz", ".nii") if (root / layout_path(layout[kind][0], raw.case, channel,
+            ext = next((e for e in NIFTI_ENDINGS if (root / layout_path(layout[kind][0], raw.case, channel,
                                                                               description, e)).exists()),
                        description.file_ending)
             old = root / layout_path(layout[kind][0], raw.case, channel, description, ext)
