@@ -1,10 +1,12 @@
 """BraTS2023 metrics on hand-built label maps whose values are worked out in the comments."""
+import nibabel as nib
 import numpy as np
 import pytest
 
 from light_training.evaluation.metrics_brats import (BRATS_COLUMNS, brats_case_metrics, brats_columns, dice, hd95,
                                                      lesion_wise_scores, normalize_regions, region_mask,
                                                      weighted_percentile)
+from light_training.io import read_volume
 
 ISO = (1.0, 1.0, 1.0)
 
@@ -171,3 +173,45 @@ def test_regions_from_a_mapping():
 def test_bad_regions_are_an_error(regions, match):
     with pytest.raises(ValueError, match=match):
         normalize_regions(regions)
+
+
+def _ball(shape, center, radius):
+    x, y, z = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    return (x - center[0]) ** 2 + (y - center[1]) ** 2 + (z - center[2]) ** 2 <= radius ** 2
+
+
+def test_files_written_by_nibabel_score_as_the_official_brats_2023_code(tmp_path):
+    """The expected numbers come from the official lesion-wise code (github.com/rachitsaluja/BraTS-2023-Metrics,
+    metrics.py, get_LesionWiseResults(pred, gt, "BraTS-GLI")) run on these two files with its pinned numpy 1.24 /
+    pandas 1.5 and surface-distance 0.1 (masks passed as bool: its checks refuse the 0/1 ints the BraTS code
+    passes). The case has what the lesion-wise rules are about: lesions merged by dilation, a lesion under
+    50 mm^3, a false positive, a missed lesion, anisotropic voxels (1 x 1.2 x 2 mm) in nibabel's axis order."""
+    shape = (60, 50, 30)  # nibabel's (x, y, z)
+    gt = np.zeros(shape, np.uint8)
+    gt[_ball(shape, (20, 25, 15), 10)] = 2
+    gt[_ball(shape, (20, 25, 15), 6)] = 3
+    gt[_ball(shape, (20, 25, 15), 3)] = 1
+    gt[_ball(shape, (45, 12, 8), 1.5)] = 3  # under 50 mm^3: left out of the lesion-wise scores
+    gt[_ball(shape, (46, 38, 20), 3)] = 2  # two edema blobs merged by the dilation
+    gt[_ball(shape, (46, 38, 27), 2)] = 2
+    pred = np.zeros(shape, np.uint8)
+    pred[_ball(shape, (21, 25, 15), 10)] = 2
+    pred[_ball(shape, (21, 26, 15), 5)] = 3
+    pred[_ball(shape, (21, 26, 15), 3)] = 1
+    pred[_ball(shape, (46, 38, 20), 3)] = 2
+    pred[_ball(shape, (8, 42, 24), 2)] = 3  # a false positive
+    affine = np.diag([1.0, 1.2, 2.0, 1.0])
+    affine[:3, 3] = (-30.0, 12.5, 7.0)
+    nib.save(nib.Nifti1Image(pred, affine), str(tmp_path / "pred.nii.gz"))
+    nib.save(nib.Nifti1Image(gt, affine), str(tmp_path / "gt.nii.gz"))
+    (p, _), (g, geometry) = read_volume(tmp_path / "pred.nii.gz"), read_volume(tmp_path / "gt.nii.gz")
+    ours = brats_case_metrics(p, g, geometry.spacing)
+    official = {  # Legacy_Dice, Legacy_HD95, LesionWise_Score_Dice, LesionWise_Score_HD95, Num_TP, Num_FP, Num_FN
+        "WT": (0.917061, 4.123106, 0.601894, 128.333333, 2, 1, 0),
+        "TC": (0.679625, 24.583735, 0.352083, 188.268858, 1, 1, 0),
+        "ET": (0.547352, 23.711601, 0.285595, 188.2, 1, 1, 0),
+    }
+    for region, values in official.items():
+        names = ("Dice", "HD95", "LesionWise_Dice", "LesionWise_HD95", "Num_TP", "Num_FP", "Num_FN")
+        got = tuple(ours[f"{region}_{name}"] for name in names)
+        np.testing.assert_allclose(got, values, rtol=2e-6, atol=1e-6, err_msg=region)
