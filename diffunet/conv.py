@@ -37,7 +37,9 @@ def onednn_direct(device_type: str, dtype: torch.dtype, autocast: bool, compilin
 
 
 def _direct(x: torch.Tensor) -> bool:
-    return onednn_direct(x.device.type, x.dtype, torch.is_autocast_enabled("cpu"), torch.compiler.is_compiling(),
+    if torch.compiler.is_compiling():  # asked first: dynamo then reads nothing else here (no graph break,
+        return False                   # which would recompile per layer and make the conv arguments dynamic)
+    return onednn_direct(x.device.type, x.dtype, torch.is_autocast_enabled("cpu"), False,
                          torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 

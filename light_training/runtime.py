@@ -61,16 +61,24 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
 
 
 def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` the boundary branch and the denoiser of a DiffUNet in place, with inductor's
-    weight freezing (constant-folded, prepacked convolution weights). Inference only; the first call
-    compiles (about a minute on a CPU), later calls of the same window size reuse it."""
+    """``torch.compile`` the boundary branch and the denoiser of a DiffUNet (or the plain U-Net) in place,
+    with inductor's weight freezing (constant-folded, prepacked convolution weights). Inference only; the
+    first call compiles (about a minute on a CPU), later calls of the same window size reuse it.
+
+    An image U-Net (the boundary branch, the baseline) is compiled as its encoder and its decoder: sampling
+    calls ``encode`` alone (its decoder is not needed), which a compiled wrapper of the whole U-Net would
+    leave eager; so is MBA's ``prepare`` (the boundary half of its 1x1 convs), called beside the denoiser."""
     import torch._inductor.config as inductor_config
     # freezing must be on when the graph is compiled (the first call); passed through torch.compile's
     # `options` it did not take effect (measured), so it is set for this process
     inductor_config.freezing = True
-    for name in ("boundary", "denoiser", "unet"):  # DiffUNet, or the plain U-Net baseline
-        if getattr(model, name, None) is not None:
-            setattr(model, name, torch.compile(getattr(model, name)))
+    for name in ("boundary", "unet"):  # DiffUNet's boundary branch, or the plain U-Net baseline
+        if (branch := getattr(model, name, None)) is not None:
+            branch.encoder, branch.decoder = torch.compile(branch.encoder), torch.compile(branch.decoder)
+    if (denoiser := getattr(model, "denoiser", None)) is not None:
+        if getattr(denoiser, "mba", None) is not None:  # its boundary half runs once per window, outside forward
+            denoiser.mba.prepare = torch.compile(denoiser.mba.prepare)
+        model.denoiser = torch.compile(denoiser)
     return model
 
 
