@@ -18,7 +18,7 @@ import torch
 import torch.distributed as torch_dist
 
 __all__ = ["PRECISIONS", "resolve_device", "cpu_has_bf16", "resolve_precision", "autocast_context",
-           "compile_for_inference", "seed_everything", "set_cpu_threads", "DistInfo", "setup_distributed",
+           "compile_for_inference", "resolve_training_compile", "compile_for_training", "seed_everything", "set_cpu_threads", "DistInfo", "setup_distributed",
            "cleanup_distributed"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -79,6 +79,27 @@ def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
         if getattr(denoiser, "mba", None) is not None:  # its boundary half runs once per window, outside forward
             denoiser.mba.prepare = torch.compile(denoiser.mba.prepare)
         model.denoiser = torch.compile(denoiser)
+    return model
+
+
+def resolve_training_compile(torch_compile: bool | None, device: torch.device) -> bool:
+    """Whether to compile the training step: None = on CUDA (nnU-Net's default there: fused norm and
+    activation kernels, compiled once per patch size), off on the CPU, where compiling both networks'
+    forward and backward took minutes and the compiled step was no faster (README, "Speed")."""
+    if torch_compile is None:
+        return device.type == "cuda"
+    if not isinstance(torch_compile, bool):
+        raise ValueError(f"torch_compile={torch_compile!r}: expected True, False or None (on with CUDA only)")
+    return torch_compile
+
+
+def compile_for_training(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` the networks of a DiffUNet (or the plain U-Net) in place for training
+    (``nn.Module.compile``: the state dict keeps its keys, so checkpoints do not change). The first
+    step compiles forward and backward; the MC-Diff passes (another batch) compile once more."""
+    for name in ("boundary", "denoiser", "unet"):
+        if (part := getattr(model, name, None)) is not None:
+            part.compile()
     return model
 
 

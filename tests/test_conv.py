@@ -64,3 +64,4 @@ def test_autocast_still_casts():
         y = conv(torch.randn(1, 2, 4, 4, 4))
         assert y.dtype == torch.bfloat16
         assert up(y).dtype == torch.bfloat16
+
