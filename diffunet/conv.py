@@ -15,13 +15,16 @@ state-dict keys, same results (to float rounding), same autograd.
 """
 from __future__ import annotations
 
-from typing import Sequence
+import contextlib
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["onednn_direct", "conv3d", "Conv3d", "ConvTranspose3d"]
+__all__ = ["onednn_direct", "pytorch_choice", "conv3d", "Conv3d", "ConvTranspose3d"]
+
+_direct_enabled = True  # False only inside pytorch_choice()
 
 
 def onednn_direct(device_type: str, dtype: torch.dtype, autocast: bool, compiling: bool,
@@ -36,10 +39,22 @@ def onednn_direct(device_type: str, dtype: torch.dtype, autocast: bool, compilin
             and mkldnn_available)
 
 
+@contextlib.contextmanager
+def pytorch_choice() -> Iterator[None]:
+    """Within this context the layers leave the choice of kernel to PyTorch (its batch-1 slow path
+    included): the baseline that ``benchmarks/bench_speed.py`` measures the direct path against."""
+    global _direct_enabled
+    previous, _direct_enabled = _direct_enabled, False
+    try:
+        yield
+    finally:
+        _direct_enabled = previous
+
+
 def _direct(x: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():  # asked first: dynamo then reads nothing else here (no graph break,
         return False                   # which would recompile per layer and make the conv arguments dynamic)
-    return onednn_direct(x.device.type, x.dtype, torch.is_autocast_enabled("cpu"), False,
+    return _direct_enabled and onednn_direct(x.device.type, x.dtype, torch.is_autocast_enabled("cpu"), False,
                          torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 

@@ -5,7 +5,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from diffunet import build_network
-from diffunet.conv import Conv3d, ConvTranspose3d, onednn_direct
+from diffunet.conv import Conv3d, ConvTranspose3d, onednn_direct, pytorch_choice
 
 
 def _op_names(fn) -> set[str]:
@@ -65,3 +65,13 @@ def test_autocast_still_casts():
         assert y.dtype == torch.bfloat16
         assert up(y).dtype == torch.bfloat16
 
+
+
+def test_pytorch_choice_is_the_slow_path_it_replaces():
+    conv = Conv3d(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 4, 6, 6)  # batch 1, 4 x 4 x 6 << 20,480: PyTorch's heuristic picks its native kernel
+    with torch.no_grad():
+        with pytorch_choice():
+            native = _op_names(lambda: conv(x))
+        direct = _op_names(lambda: conv(x))
+    assert any("slow_conv3d" in n for n in native) and "aten::mkldnn_convolution" in direct
