@@ -10,6 +10,7 @@ Examples:
     python benchmarks/bench_training.py                         # tiny and paper at 64^3 on the CPU, 128^3 on a GPU
     python benchmarks/bench_training.py --presets=['tiny'] --steps=5
     python benchmarks/bench_training.py --patch_cpu=[48,48,48] --num_workers=2 --case_shape=[96,128,128]   # quick
+    python benchmarks/bench_training.py "--presets=['tiny']" --patch_cpu=[32,32,32] --compile_modes=[False,True] --loader_batches=0
 """
 import json
 import sys
@@ -24,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffunet import DiffUNet  # noqa: E402
 from light_training.training.augmentation import make_training_stream  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
+from light_training.machine import describe_cpu  # noqa: E402
+from light_training.runtime import compile_for_training  # noqa: E402
 from light_training.training.trainer import Trainer, TrainSettings  # noqa: E402
 
 presets = ["tiny", "paper"]  # model presets to time
@@ -38,6 +41,7 @@ case_shape = [200, 256, 256]  # (z, y, x) of each benchmark case for the loader 
 num_cases = 2
 loader_batches = 8  # timed batches per loader measurement
 num_workers = 2  # worker processes for the "total" loader rate
+compile_modes = [False]  # time the steps eager (False) and/or torch.compile'd (True: the training scripts' torch_compile)
 device = "cuda:0"  # falls back to the CPU when CUDA is absent
 config = apply_overrides(globals())
 
@@ -47,19 +51,24 @@ if device.startswith("cuda") and not torch.cuda.is_available():
 device = torch.device(device)
 patch = patch_gpu if device.type == "cuda" else patch_cpu
 where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+print(f"on {where if device.type == 'cuda' else describe_cpu()}; {torch.get_num_threads()} torch threads")
 rows = []
 
-for preset in presets:
+for preset, compiled in [(p, c) for p in presets for c in compile_modes]:
     torch.manual_seed(0)
     model = DiffUNet(in_channels, num_classes, preset=preset)
     model.check_patch_size(patch)
+    if compiled:
+        compile_for_training(model)
     with tempfile.TemporaryDirectory() as logdir:
         trainer = Trainer(model, TrainSettings(max_epoch=1000, batch_size=batch_size), logdir, {}, {}, device)
         label = torch.zeros(batch_size, *patch, dtype=torch.uint8)
         label[:, patch[0] // 4:-patch[0] // 4, patch[1] // 3:-patch[1] // 3, patch[2] // 3:-patch[2] // 3] = 1
         batch = {"image": torch.randn(batch_size, in_channels, *patch) + label[:, None], "label": label}
-        for _ in range(warmup):
+        start = time.perf_counter()
+        for _ in range(max(warmup, 2 if compiled else 0)):  # compiled: the first steps compile (MC-Diff's batch too)
             trainer.train_step(batch, 0)
+        first = time.perf_counter() - start
         start = time.perf_counter()
         for _ in range(steps):
             trainer.train_step(batch, 0)
@@ -67,7 +76,8 @@ for preset in presets:
             torch.cuda.synchronize()
         seconds = (time.perf_counter() - start) / steps
     precision = trainer.precision
-    rows.append(["train step", preset, "x".join(map(str, patch)), f"{where}, {precision}",
+    rows.append([f"train step{f' compiled (first steps {first:.0f} s)' if compiled else ''}", preset,
+                 "x".join(map(str, patch)), f"{where}, {precision}",
                  f"{1 / seconds:.3f} steps/s", f"{batch_size / seconds:.2f} patches/s"])
     print(rows[-1], flush=True)
     del model, trainer
@@ -85,7 +95,7 @@ with tempfile.TemporaryDirectory() as tmp:
         locations = np.argwhere(label)[:: max(1, int(label.sum()) // 10000)].tolist()
         (data_dir / f"c{i}.json").write_text(json.dumps({"case": f"c{i}", "class_locations": {"1": locations}}))
     cases = [f"c{i}" for i in range(num_cases)]
-    for workers, augmentation in ((0, False), (0, True), (num_workers, True)):
+    for workers, augmentation in ((0, False), (0, True), (num_workers, True)) if loader_batches else ():
         with make_training_stream(data_dir, cases, patch, batch_size, augmentation, workers, seed=0) as stream:
             np.random.seed(0)
             next(stream)  # starts the workers
