@@ -9,7 +9,8 @@ from light_training.checkpoint import archive_previous_run
 from light_training.datasets import load_dataset
 from light_training.io import read_json
 from light_training.preprocessing.planning import plans_path
-from light_training.runtime import cleanup_distributed, resolve_device, seed_everything, set_cpu_threads, setup_distributed
+from light_training.runtime import (cleanup_distributed, configure_backends, resolve_device, seed_everything,
+                                    set_cpu_threads, setup_distributed)
 from light_training.stages import StageFailed, write_config
 from light_training.training.augmentation import make_training_stream
 from light_training.training.dataloading import ValidationPatches
@@ -73,6 +74,7 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
                                  batch_size=c["batch_size"], val_every=c["val_every"], lr=c["lr"],
                                  precision=c["precision"], seed=c["seed"], accumulate_steps=c["accumulate_steps"])
         trainer = Trainer(model, settings, c["logdir"], plans, c, device, dist)
+        configure_backends(device, trainer.precision)  # cudnn.benchmark; TF32 only under bf16/fp16
         if c["resume"]:
             trainer.resume()
         stream = make_training_stream(c["data_dir"], train_cases, c["patch_size"], c["batch_size"], c["augmentation"],
