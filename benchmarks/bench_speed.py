@@ -31,7 +31,8 @@ from light_training.training.loss import diffunet_loss  # noqa: E402
 from light_training.inference.prediction import InferenceSettings, predict_volume  # noqa: E402
 from diffunet.conv import pytorch_choice  # noqa: E402
 from light_training.machine import describe_cpu  # noqa: E402
-from light_training.runtime import autocast_context, compile_for_inference, cpu_has_bf16, resolve_precision  # noqa: E402
+from light_training.runtime import (autocast_context, compile_for_inference, configure_backends,  # noqa: E402
+                                    cpu_has_bf16, resolve_precision)
 
 device = "auto"  # "auto": cuda:0 when present, else cpu
 preset = "paper"  # the model measured for the window and training rows
@@ -78,6 +79,22 @@ def timed(fn: Callable[[], object], n: int = repeats) -> float:
     return median(times)
 
 
+def backends(precision: str) -> None:
+    """CUDA: cudnn.benchmark, and TF32 off for the fp32 rows (IEEE fp32 against the fp32 peak), on for the fast ones."""
+    configure_backends(dev, resolve_precision(precision, dev))
+
+
+def reset_peak() -> None:
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def add_peak(key: str, label: str) -> None:
+    """CUDA: the peak allocation since :func:`reset_peak` (the CPU has no such counter)."""
+    if dev.type == "cuda":
+        add(key, label, torch.cuda.max_memory_allocated(dev) / 2 ** 30, "GiB", "{:.2f}")
+
+
 def add(key: str, label: str, value: float, unit: str, fmt: str = "{:.3f}") -> None:
     results[key] = value
     rows.append((label, fmt.format(value), unit))
@@ -109,6 +126,7 @@ def fast_input(x: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- peaks
+backends("fp32")  # IEEE fp32 for the fp32 peak and baseline (CUDA: TF32 off)
 fast_resolved = resolve_precision(fast_precision, dev)  # what "auto" means here: fp32 on a CPU without bf16 units
 # a CPU without bf16 units only emulates bf16 (0.0003 TFLOP/s measured): no peak to compare with, n/a
 native_bf16 = dev.type == "cuda" or cpu_has_bf16()
@@ -151,13 +169,16 @@ if dev.type == "cpu":  # PyTorch's own kernel choice: its native slow path for f
             timed(sample_fp32), "s")
     add(f"sample_{w}_onednn_speedup", f"sampling {w}^3: oneDNN at batch 1 vs PyTorch's choice",
         results[f"sample_{w}_fp32_pytorch_choice_s"] / base_s, "x", "{:.2f}")
+backends(fast_precision)
 image_fast = fast_input(image)
 if fast_compile and (fast_resolved != "fp32" or fast_channels_last):  # the fast settings without torch.compile
     model = fast_model(model, compile=False)
     add(f"sample_{w}_fast_eager_s", f"sampling {w}^3: fast settings without torch.compile", timed(sample_fast), "s")
 model = fast_model(model)
-fast_s = timed(sample_fast)
+fast_s = timed(sample_fast)  # the warm-up call compiles
+reset_peak()
 fast = sample_fast()
+add_peak(f"sample_{w}_fast_peak_gib", f"sampling {w}^3: fast, peak memory")
 add(f"sample_{w}_fp32_eager_s", f"sampling {w}^3: fp32 eager", base_s, "s")
 add(f"sample_{w}_fast_s", f"sampling {w}^3: fast settings", fast_s, "s")
 add(f"sample_{w}_speedup", f"sampling {w}^3: speed-up", base_s / fast_s, "x", "{:.2f}")
@@ -185,27 +206,39 @@ images = torch.randn(train_batch_size, 1, w, w, w, device=dev)
 labels = (images[:, 0] > 0.5).long()
 
 
+scalers = {p: torch.amp.GradScaler(dev.type, enabled=p == "fp16") for p in ("fp32", "bf16", "fp16")}
+
+
 def train_step(x: torch.Tensor, precision: str) -> None:
+    """The trainer's step (fp16: with its GradScaler)."""
+    scaler = scalers[resolve_precision(precision, dev)]
     optimizer.zero_grad(set_to_none=True)
     with autocast_context(dev, precision):
         loss = diffunet_loss(model(x, labels), labels, 1, 10)["loss"]
-    loss.backward()
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 12)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 train_gflop = flops_of(lambda: train_step(images, "fp32"))
 add(f"train_step_{w}_gflop", f"training step {w}^3 x{train_batch_size} (MC-Diff K=3): work", train_gflop,
     "GFLOP", "{:.1f}")
 train_repeats = 1 if quick else max(1, repeats - 1)  # a training step is slow: fewer repetitions
+backends("fp32")
 train_base = timed(lambda: train_step(images, "fp32"), n=train_repeats)
 add(f"train_step_{w}_fp32_eager_s", f"training step {w}^3: fp32 eager", train_base, "s")
 add(f"train_step_{w}_fp32_peak_fraction", f"training step {w}^3: fp32 eager, share of fp32 peak",
     train_gflop / train_base / 1e3 / peak32, "", "{:.1%}")
 if fast_resolved != "fp32" or fast_channels_last:  # else the fast training step is the fp32 one
+    backends(fast_precision)
     model = fast_model(model)
     images_fast = fast_input(images)
     train_fast = timed(lambda: train_step(images_fast, fast_precision), n=train_repeats)
+    reset_peak()
+    train_step(images_fast, fast_precision)
+    add_peak(f"train_step_{w}_fast_peak_gib", f"training step {w}^3: fast, peak memory")
     add(f"train_step_{w}_fast_s", f"training step {w}^3: fast settings", train_fast, "s")
     add(f"train_step_{w}_speedup", f"training step {w}^3: speed-up", train_base / train_fast, "x", "{:.2f}")
     add(f"train_step_{w}_fast_peak_fraction", f"training step {w}^3: fast, share of {fast_peak_name} peak",
@@ -234,12 +267,17 @@ if not quick:
         for mirror in [(), (0, 1, 2)]:
             settings = InferenceSettings(patch_size=vpatch, overlap=0.5, mirror_axes=mirror,
                                          precision=fast_precision, channels_last=fast_channels_last, progress=False)
+            # warm-up on one window: torch.compile compiles here, not in the timed run
+            predict_volume(model, np.zeros((1, *vpatch), dtype=np.float32), settings, dev)
+            sync()
+            reset_peak()
             start = time.perf_counter()
             predict_volume(model, data, settings, dev)
             sync()
             add("volume_mirror_s" if mirror else "volume_s",
                 f"whole CT {'x'.join(map(str, data.shape[1:]))} ({vpreset}, patch {vpatch[0]}, "
                 f"{'8 mirrors' if mirror else 'no mirroring'})", time.perf_counter() - start, "s", "{:.1f}")
+            add_peak("volume_mirror_peak_gib" if mirror else "volume_peak_gib", "  peak memory")
         del model
         batches = 8
         with make_training_stream(Path(tmp) / "train", [raw[0].case], [w, w, w], 2, True, loader_workers,
