@@ -22,8 +22,8 @@ from light_training.stages.predict import predict  # noqa: E402
 dataset = "./data/raw_data/Dataset001_Example/dataset.json"  # must match the checkpoint's
 logdir = "./logs/Dataset001_Example"  # the training run
 checkpoint = None  # a checkpoint file, or a list of files (their ensemble); None: the folds' below
-folds = None  # e.g. [0, 1, 2, 3, 4]: the ensemble of these folds' best.pt (fold k in <logdir>/fold_k); None: fold 0's, <logdir>/model/best.pt
-checkpoint_name = "best"  # which checkpoint of each fold: "best" (best validation pseudo Dice, the original's) or "final"
+folds = None  # e.g. [0, 1, 2, 3, 4]: these folds' ensemble (fold k in <logdir>/fold_k); None: <logdir>/model/best.pt
+checkpoint_name = "best"  # of each fold: "best" (best validation pseudo Dice, the original's) or "final"
 data_dir = "./data/Dataset001_Example/fullres/train"  # preprocessed cases (the held-out fold is predicted)
 input_dir = None  # a folder of raw scans to predict instead, e.g. ./data/raw_data/Dataset001_Example/imagesTs
 save_dir = "./prediction_results/Dataset001_Example/diffunet"  # where <case>.nii.gz are written
@@ -40,14 +40,14 @@ torch_compile = True  # torch.compile the networks (~1 min once per window size)
 save_probabilities = False  # also <case>.npz with the class probabilities
 save_uncertainty = False  # also <case>_uncertainty.nii.gz (in [0, 1]; the metrics script scores it)
 save_preview = False  # also <case>_preview.png: slices with ground truth, prediction and uncertainty
-overwrite = False  # True: predict every case again; False: skip the cases this run's checkpoints and settings wrote
+overwrite = False  # True: predict every case again; False: skip cases these checkpoints and settings wrote
 num_parts = 1  # split the cases into this many disjoint parts (one per GPU or machine); torchrun ranks split further
 part_id = 0  # the part this process predicts, 0 .. num_parts - 1
-num_processes_preprocessing = None  # processes reading + preprocessing the next cases; None: 2 on CUDA, 0 on the CPU; 0: none
-num_processes_export = None  # processes restoring + writing finished cases; None: 1 on CUDA, 0 on the CPU; 0: none
+num_processes_preprocessing = None  # processes preprocessing the next cases; None: 2 on CUDA, 0 on the CPU
+num_processes_export = None  # processes restoring + writing finished cases; None: 1 on CUDA, 0 on the CPU
 skip_bad_cases = False  # True: predict the usable scans of input_dir and list the others; False: stop before any work
 nonfinite = "error"  # NaN/Inf voxels in a scan: "error", or "replace" by the scan's minimum (with a warning)
-device = "cuda:0"  # falls back to the CPU when CUDA is absent; under torchrun each rank takes cuda:<local rank>
+device = "cuda:0"  # falls back to the CPU when CUDA is absent; under torchrun: cuda:<local rank>
 num_threads = None  # CPU threads of torch; None: torch's default
 
 run(predict, globals())

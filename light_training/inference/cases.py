@@ -3,6 +3,7 @@ process: read + check + preprocess a scan (:func:`load_input`), and restore + wr
 record (:func:`export_case`). Both are plain functions of picklable arguments, for process pools."""
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,18 +24,20 @@ __all__ = ["CaseInput", "ExportJob", "read_scan", "load_input", "export_case", "
 class CaseInput:
     """A case ready for the network: ``image`` ``(C, Z, Y, X)`` float32 on the preprocessed grid, the label
     ``(Z, Y, X)`` (held-out mode, for the preview) or None, the preprocessing properties, and the reading's
-    warnings."""
+    warnings; ``seconds`` it took to read and preprocess."""
     name: str
     image: np.ndarray
     label: np.ndarray | None
     properties: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 @dataclass
 class ExportJob:
     """What :func:`export_case` writes: probabilities ``(K, z, y, x)`` and uncertainty ``(z, y, x)`` (or
-    None) on the preprocessed grid, as numpy arrays; the files it must write; the case's record."""
+    None) on the preprocessed grid, as numpy arrays; the files it must write; the case's record, with the
+    ``seconds`` of each step ("read + preprocess", "network"; "restore + write" is added when written)."""
     case: CaseInput
     probabilities: np.ndarray
     uncertainty: np.ndarray | None
@@ -49,6 +52,7 @@ class ExportJob:
     stamp: list[list]
     checkpoints: list[str]
     notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def read_scan(raw: RawCase, description: DatasetDescription, nonfinite: str) -> tuple[np.ndarray, Any, list[str]]:
@@ -73,13 +77,13 @@ def load_input(name: str, raw: RawCase | None, description: DatasetDescription, 
 
 def export_case(job: ExportJob) -> str:
     """Restore ``job``'s prediction onto the source grid, write its files and then its record; the case."""
-    case = job.case
-    labels = job.plans["labels"]
-    save_prediction(job.probabilities, job.uncertainty, case.properties, labels, job.save_dir,
+    case, start = job.case, time.perf_counter()
+    save_prediction(job.probabilities, job.uncertainty, case.properties, job.plans["labels"], job.save_dir,
                     job.save_probabilities, job.save_uncertainty)
     if job.save_preview:
         _write_preview(job)
-    write_record(job.save_dir, case.name, job.fingerprint, job.stamp, job.outputs, job.checkpoints, job.notes)
+    seconds = {**job.seconds, "restore + write": time.perf_counter() - start}
+    write_record(job.save_dir, case.name, job.fingerprint, job.stamp, job.outputs, job.checkpoints, job.notes, seconds)
     return case.name
 
 

@@ -30,7 +30,8 @@ def checkpoint_paths(checkpoint: str | Sequence[str] | None, folds: Sequence[int
         if folds:
             raise ValueError(f"set checkpoint ({checkpoint!r}) or folds ({list(folds)!r}), not both")
         if isinstance(checkpoint, str) and checkpoint.startswith("[") and checkpoint.endswith("]"):
-            checkpoint = [p.strip().strip("'\"") for p in checkpoint[1:-1].split(",") if p.strip()]  # --checkpoint=[a.pt,b.pt]
+            # --checkpoint=[a.pt,b.pt] (not a Python literal without quotes)
+            checkpoint = [p.strip().strip("'\"") for p in checkpoint[1:-1].split(",") if p.strip()]
         paths = [Path(checkpoint)] if isinstance(checkpoint, (str, Path)) else [Path(p) for p in checkpoint]
     else:
         paths = [fold_logdir(logdir, f) / "model" / f"{checkpoint_name}.pt" for f in (folds or [0])]

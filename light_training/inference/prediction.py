@@ -162,7 +162,8 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, set
     return predict_ensemble([(model, settings)], image, device)
 
 
-def save_prediction(probabilities: torch.Tensor | np.ndarray, uncertainty: torch.Tensor | np.ndarray | None, properties: dict[str, Any],
+def save_prediction(probabilities: torch.Tensor | np.ndarray, uncertainty: torch.Tensor | np.ndarray | None,
+                    properties: dict[str, Any],
                     labels: Sequence[int], save_dir: str | Path, save_probabilities: bool = False,
                     save_uncertainty: bool = False) -> Path:
     """Map a prediction back onto the original image grid and write ``<case>.nii.gz``.

@@ -104,9 +104,12 @@ def is_done(save_dir: str | Path, case: str, fingerprint: str, stamp: list[list]
 
 
 def write_record(save_dir: str | Path, case: str, fingerprint: str, stamp: list[list], outputs: Sequence[Path],
-                 checkpoints: Sequence[str], notes: Sequence[str] = ()) -> Path:
-    """Write the record of a finished case (after its outputs: the record is the proof they are complete)."""
+                 checkpoints: Sequence[str], notes: Sequence[str] = (), seconds: Mapping[str, float] | None = None
+                 ) -> Path:
+    """Write the record of a finished case (after its outputs: the record is the proof they are complete);
+    ``seconds`` per step of the case, for the log and benchmarks/bench_prediction.py."""
     path = record_path(save_dir, case)
     write_json({"case": case, "fingerprint": fingerprint, "source": stamp, "outputs": [p.name for p in outputs],
-                "checkpoints": list(checkpoints), "notes": list(notes)}, path)
+                "checkpoints": list(checkpoints), "notes": list(notes),
+                "seconds": {k: round(v, 3) for k, v in (seconds or {}).items()}}, path)
     return path

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -136,12 +137,15 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
     def network(case: CaseInput) -> ExportJob:
         for note in case.notes:
             print(f"warning: {case.name}: {note}")
-        chosen = [members[i] for i in case_members[case.name]]
+        chosen, start = [members[i] for i in case_members[case.name]], time.perf_counter()
         probabilities, uncertainty, notes = predict_with_fallback(chosen, case.image, device, c["seed"], case.name)
-        job = ExportJob(case, probabilities.cpu().numpy(), None if uncertainty is None else uncertainty.cpu().numpy(),
-                        plans, description, str(c["save_dir"]), c["save_probabilities"], c["save_uncertainty"],
-                        c["save_preview"], outputs[case.name], fingerprint, stamps[case.name],
-                        [str(paths[i]) for i in case_members[case.name]], notes)
+        probabilities = probabilities.cpu().numpy()  # the device's copies are freed here, before the next case
+        uncertainty = None if uncertainty is None else uncertainty.cpu().numpy()
+        seconds = {"read + preprocess": case.seconds, "network": time.perf_counter() - start}  # .cpu(): synchronised
+        job = ExportJob(case, probabilities, uncertainty, plans, description, str(c["save_dir"]),
+                        c["save_probabilities"], c["save_uncertainty"], c["save_preview"], outputs[case.name],
+                        fingerprint, stamps[case.name],
+                        [str(paths[i]) for i in case_members[case.name]], notes, seconds)
         if not c["save_preview"]:
             job.case = dataclasses.replace(case, image=case.image[:0])  # the image is not sent to the writer
         return job
