@@ -199,3 +199,35 @@ def test_torchrun_ranks_split_the_folder(scans, repo_root, tmp_path):
     assert len(list((tmp_path / "out").glob("*_record.json"))) == 4
     assert sorted(p.name for p in (tmp_path / "out").glob("*_config.json")) == [
         "3_predict_aiib2023_part0_config.json", "3_predict_aiib2023_part1_config.json"]
+
+
+def test_held_out_mode_gives_each_case_the_model_that_did_not_see_it(tmp_path):
+    from test_ddp import preprocessed_synthetic
+
+    from light_training.datasets import load_dataset
+    from light_training.stages.predict import _find_cases
+    from light_training.training.splits import fold_cases
+
+    train = preprocessed_synthetic(tmp_path, num_cases=6)
+    checkpoints = [{"config": {"fold": 0}}, {"config": {"fold": 3}}]
+    config = {"input_dir": None, "data_dir": str(train), "fold": None}
+    sources, members, _ = _find_cases(config, load_dataset("aiib2023"), checkpoints)
+    held_out = {0: fold_cases(train, 0)[1], 3: fold_cases(train, 3)[1]}
+    assert sorted(sources) == sorted(held_out[0] + held_out[3])
+    assert all(members[c] == [0] for c in held_out[0]) and all(members[c] == [1] for c in held_out[3])
+    _, members, _ = _find_cases({**config, "fold": 3}, load_dataset("aiib2023"), checkpoints)
+    assert sorted(members) == sorted(held_out[3]) and all(m == [0, 1] for m in members.values())
+
+
+def test_bench_prediction_quick(tmp_path, repo_root):
+    import json
+
+    result = subprocess.run([sys.executable, "benchmarks/bench_prediction.py", "--quick=True",
+                             f"--json={tmp_path / 'rows.json'}"], cwd=repo_root, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    rows = json.loads((tmp_path / "rows.json").read_text())["rows"]
+    assert [(r["dataset"], r["workers"], r["cases"]) for r in rows] == [("aiib2023", "1 + 1", 2)]
+    for row in rows:
+        assert row["network s/case"] > 0 and row["wall s"] > row["network s/case"] and row["peak RSS GiB"] > 0.1
+    assert "| dataset | cases |" in result.stdout and "load average at start" in result.stdout
