@@ -211,11 +211,11 @@ def test_held_out_mode_gives_each_case_the_model_that_did_not_see_it(tmp_path):
     train = preprocessed_synthetic(tmp_path, num_cases=6)
     checkpoints = [{"config": {"fold": 0}}, {"config": {"fold": 3}}]
     config = {"input_dir": None, "data_dir": str(train), "fold": None}
-    sources, members, _ = _find_cases(config, load_dataset("aiib2023"), checkpoints)
+    sources, members = _find_cases(config, load_dataset("aiib2023"), checkpoints)
     held_out = {0: fold_cases(train, 0)[1], 3: fold_cases(train, 3)[1]}
     assert sorted(sources) == sorted(held_out[0] + held_out[3])
     assert all(members[c] == [0] for c in held_out[0]) and all(members[c] == [1] for c in held_out[3])
-    _, members, _ = _find_cases({**config, "fold": 3}, load_dataset("aiib2023"), checkpoints)
+    _, members = _find_cases({**config, "fold": 3}, load_dataset("aiib2023"), checkpoints)
     assert sorted(members) == sorted(held_out[3]) and all(m == [0, 1] for m in members.values())
 
 

@@ -67,12 +67,15 @@ def load_input(name: str, raw: RawCase | None, description: DatasetDescription, 
                nonfinite: str, data_dir: str | None) -> CaseInput:
     """A raw scan read once, checked and preprocessed (``raw`` given), or a preprocessed case of
     ``data_dir`` (held-out mode)."""
+    start = time.perf_counter()
     if raw is not None:
         image, geometry, notes = read_scan(raw, description, nonfinite)
         image, _, properties = preprocess_case(image, geometry, None, plans, case=name)
-        return CaseInput(name, np.asarray(image, dtype=np.float32), None, properties, notes)
-    image, label, properties = load_case(data_dir, name)
-    return CaseInput(name, np.array(image, dtype=np.float32), None if label is None else np.array(label), properties)
+        image, label = np.asarray(image, dtype=np.float32), None
+    else:
+        image, label, properties = load_case(data_dir, name)  # read-only memory maps: copied
+        image, label, notes = np.array(image, dtype=np.float32), None if label is None else np.array(label), []
+    return CaseInput(name, image, label, properties, notes, time.perf_counter() - start)
 
 
 def export_case(job: ExportJob) -> str:

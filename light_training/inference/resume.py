@@ -71,8 +71,12 @@ def run_fingerprint(checkpoint_digests: Sequence[str], config: Mapping[str, Any]
 
 
 def source_stamp(paths: Sequence[str | Path]) -> list[list]:
-    """``[name, size, mtime_ns]`` of each source file of a case."""
-    return [[Path(p).name, Path(p).stat().st_size, Path(p).stat().st_mtime_ns] for p in paths]
+    """``[name, size, mtime_ns]`` of each source file of a case (size and time None for a missing file)."""
+    stamp = []
+    for p in map(Path, paths):
+        stat = p.stat() if p.is_file() else None
+        stamp.append([p.name, stat and stat.st_size, stat and stat.st_mtime_ns])
+    return stamp
 
 
 def case_outputs(save_dir: str | Path, case: str, save_probabilities: bool, save_uncertainty: bool,

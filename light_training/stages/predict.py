@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from light_training.datasets import DatasetDescription, load_dataset
 from light_training.inference import resume
 from light_training.inference.cases import ExportJob, CaseInput, export_case, load_input, read_scan, \
@@ -27,6 +25,7 @@ from light_training.inference.cases import ExportJob, CaseInput, export_case, lo
 from light_training.inference.ensemble import checkpoint_paths, load_ensemble, load_predictor
 from light_training.inference.pipeline import PipelineError, default_workers, predict_with_fallback, run_pipeline
 from light_training.inference.prediction import InferenceSettings
+from light_training.parallel import map_cases
 from light_training.preprocessing.raw_cases import RawCase, find_raw_cases
 from light_training.runtime import compile_for_inference, resolve_device, set_cpu_threads
 from light_training.stages import StageFailed, write_config
@@ -37,19 +36,21 @@ __all__ = ["NONFINITE_POLICIES", "load_predictor", "check_scans", "predict"]
 NONFINITE_POLICIES = ("error", "replace")  # NaN/Inf in a scan to predict: refuse it, or use the scan's minimum
 
 
-def check_scans(raw_cases: list[RawCase], description: DatasetDescription,
-                nonfinite: str = "error") -> tuple[list[RawCase], dict[str, str]]:
-    """Read and check every scan: ``(usable cases, {case: problem})``. Nothing is predicted here."""
+def check_scans(raw_cases: list[RawCase], description: DatasetDescription, nonfinite: str = "error",
+                num_processes: int = 0) -> tuple[list[RawCase], dict[str, str]]:
+    """Read and check every scan (in ``num_processes`` worker processes; 0 or 1: in this one):
+    ``(usable cases, {case: problem})``. Nothing is predicted here."""
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite={nonfinite!r}: expected one of {list(NONFINITE_POLICIES)}")
-    good, bad = [], {}
-    for raw in tqdm(raw_cases, desc="checking scans", unit="case"):
-        try:
-            read_scan(raw, description, nonfinite)
-            good.append(raw)
-        except ValueError as err:  # ImageReadError included
-            bad[raw.case] = str(err)
-    return good, bad
+    check = functools.partial(read_scan, description=description, nonfinite=nonfinite)
+    _, failures = map_cases(functools.partial(_checked, check=check), raw_cases, num_processes, "checking scans",
+                            skip_bad_cases=True)
+    bad = {raw.case: failures[raw.case].removeprefix(f"{raw.case}: ") for raw in raw_cases if raw.case in failures}
+    return [raw for raw in raw_cases if raw.case not in bad], bad
+
+
+def _checked(raw: RawCase, check: functools.partial) -> None:
+    check(raw)  # the image is dropped here: only the problems travel back
 
 
 def _listing(problems: dict[str, str]) -> str:
@@ -57,10 +58,10 @@ def _listing(problems: dict[str, str]) -> str:
 
 
 def _find_cases(c: dict[str, Any], description: DatasetDescription, checkpoints: list[dict]
-                ) -> tuple[dict[str, RawCase | None], dict[str, list[int]], dict[str, str]]:
-    """``({case: raw case or None (preprocessed)}, {case: indices of the models that predict it},
-    {case: problem})``: every scan of ``input_dir`` with every model, or the held-out fold of each model
-    (the cases it never saw; ``fold`` overrides the checkpoints' own)."""
+                ) -> tuple[dict[str, RawCase | None], dict[str, list[int]]]:
+    """``({case: raw case or None (preprocessed)}, {case: indices of the models that predict it})``: every
+    scan of ``input_dir`` with every model, or the held-out fold of each model (the cases it never saw;
+    ``fold`` overrides the checkpoints' own)."""
     everyone = list(range(len(checkpoints)))
     if c["input_dir"]:
         if c["nonfinite"] not in NONFINITE_POLICIES:
@@ -69,14 +70,7 @@ def _find_cases(c: dict[str, Any], description: DatasetDescription, checkpoints:
         if not raw_cases:
             raise ValueError(f"{c['input_dir']}: no scans found (expected "
                              f"{' or '.join(description.raw_layout['unlabeled_images'])})")
-        skipped: dict[str, str] = {}
-        if not c["skip_bad_cases"]:  # promise: nothing is predicted while a scan is bad
-            raw_cases, skipped = check_scans(raw_cases, description, c["nonfinite"])
-            if skipped:
-                raise ValueError(f"{len(skipped)} of {len(raw_cases) + len(skipped)} scan(s) cannot be predicted; "
-                                 f"nothing was predicted:\n{_listing(skipped)}\n(fix or remove them, or run with "
-                                 f"--skip_bad_cases=True to predict the others)")
-        return {raw.case: raw for raw in raw_cases}, {raw.case: everyone for raw in raw_cases}, skipped
+        return {raw.case: raw for raw in raw_cases}, {raw.case: everyone for raw in raw_cases}
     members: dict[str, list[int]] = {}
     for i, checkpoint in enumerate(checkpoints):
         for name in held_out_cases(c["data_dir"], checkpoint["config"]["fold"] if c["fold"] is None else c["fold"]):
@@ -84,7 +78,16 @@ def _find_cases(c: dict[str, Any], description: DatasetDescription, checkpoints:
     missing = [n for n in members if not (Path(c["data_dir"]) / f"{n}.json").is_file()]
     if missing:
         raise ValueError(f"{c['data_dir']}: no preprocessed case(s) {missing}; run the preprocessing script")
-    return {n: None for n in sorted(members)}, members, {}
+    return {n: None for n in sorted(members)}, members
+
+
+def _check_first(c: dict[str, Any], raws: list[RawCase], description: DatasetDescription, num_processes: int) -> None:
+    """With ``skip_bad_cases=False``: every scan to predict checked before any work, all problems at once."""
+    _, bad = check_scans(raws, description, c["nonfinite"], num_processes)
+    if bad:
+        raise ValueError(f"{len(bad)} of {len(raws)} scan(s) cannot be predicted; nothing was predicted:\n"
+                         f"{_listing(bad)}\n(fix or remove them, or run with --skip_bad_cases=True to predict "
+                         f"the others)")
 
 
 def _stamp(c: dict[str, Any], name: str, raw: RawCase | None) -> list[list]:
@@ -109,7 +112,10 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
     loaded = load_ensemble(paths, c["dataset"], device)
     plans = loaded[0][1]["plans"]
     description = load_dataset(plans["description"])
-    sources, case_members, skipped = _find_cases(c, description, [ckpt for _, ckpt in loaded])
+    pre, export = default_workers(device.type, os.cpu_count() or 1)
+    pre = pre if c["num_processes_preprocessing"] is None else c["num_processes_preprocessing"]
+    export = export if c["num_processes_export"] is None else c["num_processes_export"]
+    sources, case_members = _find_cases(c, description, [ckpt for _, ckpt in loaded])
     mine = resume.case_part(list(sources), num_parts, part_id)
     fingerprint = resume.run_fingerprint([resume.file_digest(p) for p in paths], c)
     outputs = {n: resume.case_outputs(c["save_dir"], n, c["save_probabilities"], c["save_uncertainty"],
@@ -118,6 +124,8 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
     done = [] if c["overwrite"] else [n for n in mine if resume.is_done(c["save_dir"], n, fingerprint, stamps[n],
                                                                           outputs[n])]
     todo = [n for n in mine if n not in done]
+    if c["input_dir"] and not c["skip_bad_cases"]:  # promise: nothing is predicted while a scan is bad
+        _check_first(c, [sources[n] for n in todo], description, pre)
     remove_stale_temporaries(c["save_dir"], todo)  # what a killed run left half-written
     part = f" (part {part_id} of {num_parts}: {len(mine)} of {len(sources)} cases)" if num_parts > 1 else ""
     print(f"{len(todo)} case(s) to predict with {len(paths)} model(s){part}"
@@ -130,9 +138,6 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
         sw_batch_size=c["sw_batch_size"], precision=c["precision"], steps=c["steps"], fusion=c["fusion"],
         uncertainty=c["uncertainty"], with_uncertainty=c["save_uncertainty"] or c["save_preview"]))
         for model, ckpt in loaded]
-    pre, export = default_workers(device.type, os.cpu_count() or 1)
-    pre = pre if c["num_processes_preprocessing"] is None else c["num_processes_preprocessing"]
-    export = export if c["num_processes_export"] is None else c["num_processes_export"]
 
     def network(case: CaseInput) -> ExportJob:
         for note in case.notes:
@@ -157,7 +162,7 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
                                             skip_bad_input=c["skip_bad_cases"])
     except PipelineError as err:
         raise StageFailed(f"{err}\n(the cases written so far are kept; run again to predict the rest)") from None
-    skipped.update(bad)
+    skipped = bad
     write_config(c, script, c["save_dir"], None if num_parts == 1 else f"{Path(script).stem}_part{part_id}")
     print(f"{len(written)} prediction(s) written to {c['save_dir']}" + (f", {len(done)} done before" if done else ""))
     if c["save_preview"] and written:
