@@ -40,10 +40,15 @@ def scans(tmp_path_factory):
     return root, folder
 
 
-def predict_script(repo_root, folder, save_dir, *extra, **kwargs):
-    args = [sys.executable, "3_predict_aiib2023.py", f"--input_dir={folder}", f"--save_dir={save_dir}",
-            "--device=cpu", "--torch_compile=False", "--mirror_axes=[]", *extra]
-    return subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=300, **kwargs)
+def predict_in_process(repo_root, folder, save_dir, *extra):
+    """The AIIB prediction script's stage, in this process (no interpreter start-up), with its constants."""
+    from light_training.config import apply_overrides
+    from light_training.stages.predict import predict
+
+    args = [f"--input_dir={folder}", f"--save_dir={save_dir}", "--device=cpu", "--torch_compile=False",
+            "--mirror_axes=[]", *extra]
+    return predict(apply_overrides({"__file__": str(repo_root / "3_predict_aiib2023.py")}, args),
+                   "3_predict_aiib2023.py")
 
 
 def test_parts_are_disjoint_cover_the_folder_and_follow_torchrun_ranks():
@@ -142,10 +147,10 @@ def test_ensemble_is_the_mean_of_its_members(scans, repo_root, tmp_path):
     root, folder = scans
     outputs = {}
     for name, checkpoint in (("a", root / "a.pt"), ("b", root / "b.pt"), ("ab", f"[{root / 'a.pt'},{root / 'b.pt'}]")):
-        result = predict_script(repo_root, folder, tmp_path / name, f"--checkpoint={checkpoint}",
-                                "--save_probabilities=True", "--seed=5", "--num_parts=4", "--part_id=1")
-        assert result.returncode == 0, result.stderr[-2000:]
+        written = predict_in_process(repo_root, folder, tmp_path / name, f"--checkpoint={checkpoint}",
+                                     "--save_probabilities=True", "--seed=5", "--num_parts=4", "--part_id=1")
         (npz,) = (tmp_path / name).glob("*.npz")  # one case: part 1 of 4
+        assert len(written) == 1 and npz.name == written[0].name.replace(".nii.gz", ".npz")
         outputs[name] = np.load(npz)["probabilities"]
     assert np.abs(outputs["a"] - outputs["b"]).max() > 1e-3  # two different models
     np.testing.assert_allclose(outputs["ab"], (outputs["a"] + outputs["b"]) / 2, atol=1e-4)
@@ -156,12 +161,12 @@ def test_ensemble_is_the_mean_of_its_members(scans, repo_root, tmp_path):
         load_ensemble([root / "a.pt", tmp_path / "other_plans.pt"], "aiib2023", CPU)
 
 
-def test_killed_prediction_resumes_without_redoing_finished_cases(scans, repo_root, tmp_path):
+def test_killed_prediction_resumes_without_redoing_finished_cases(scans, repo_root, tmp_path, capsys):
     root, folder = scans
     save_dir = tmp_path / "out"
+    settings = [f"--checkpoint={root / 'a.pt'}", "--save_uncertainty=True", "--mirror_axes=[]", "--overlap=0.25"]
     args = [sys.executable, "3_predict_aiib2023.py", f"--input_dir={folder}", f"--save_dir={save_dir}",
-            f"--checkpoint={root / 'a.pt'}", "--device=cpu", "--torch_compile=False", "--save_uncertainty=True",
-            "--mirror_axes=[0]"]
+            "--device=cpu", "--torch_compile=False", *settings]
     process = subprocess.Popen(args, cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not list(save_dir.glob("*_record.json")) and time.time() < deadline and process.poll() is None:
@@ -171,9 +176,8 @@ def test_killed_prediction_resumes_without_redoing_finished_cases(scans, repo_ro
     first = sorted(save_dir.glob("*_record.json"))
     assert first, "the first case was never written"
     stamps = {p: p.stat().st_mtime_ns for p in save_dir.glob("*.nii.gz")}
-    result = subprocess.run(args, cwd=repo_root, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert f"{len(first)} already done, skipped" in result.stdout
+    predict_in_process(repo_root, folder, save_dir, *settings)  # started again
+    assert f"{len(first)} already done, skipped" in capsys.readouterr().out
     cases = sorted(p.name.removesuffix(".nii.gz") for p in folder.glob("*.nii.gz"))
     assert sorted(p.name.removesuffix("_record.json") for p in save_dir.glob("*_record.json")) == cases
     assert sorted(p.name for p in save_dir.glob("*.nii.gz")) == sorted(
@@ -183,8 +187,7 @@ def test_killed_prediction_resumes_without_redoing_finished_cases(scans, repo_ro
         assert stamps[save_dir / f"{name}.nii.gz"] == (save_dir / f"{name}.nii.gz").stat().st_mtime_ns
     assert not [p for p in save_dir.iterdir() if p.name.startswith(".")]  # no partial or temporary file
     part = ["--num_parts=4", "--part_id=0"]  # one case, to keep the test short
-    again = subprocess.run(args + part + ["--overwrite=True"], cwd=repo_root, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "1 case(s) to predict" in again.stdout
+    assert len(predict_in_process(repo_root, folder, save_dir, *settings, *part, "--overwrite=True")) == 1
 
 
 def test_torchrun_ranks_split_the_folder(scans, repo_root, tmp_path):
