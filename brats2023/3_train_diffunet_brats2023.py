@@ -42,5 +42,6 @@ lr = 1e-2  # initial learning rate of SGD (Nesterov, momentum 0.99), poly decay 
 num_val_patches = 50  # validation patches (fixed, foreground-centred) for the pseudo Dice
 precision = "auto"  # "auto" (bf16 where the hardware has it, fp16 on older GPUs), "fp32", "bf16" or "fp16"
 num_threads = None  # CPU threads of torch; None: torch's default (fewer than the cores keep a busy machine steady)
+torch_compile = None  # compile the training step: None = on a GPU (once per patch size), off on the CPU (no faster there)
 
 run(train, globals())

@@ -8,7 +8,8 @@ from light_training.checkpoint import archive_previous_run, fold_logdir
 from light_training.datasets import load_dataset
 from light_training.io import read_json
 from light_training.preprocessing.planning import plans_path
-from light_training.runtime import cleanup_distributed, resolve_device, seed_everything, set_cpu_threads, setup_distributed
+from light_training.runtime import (cleanup_distributed, compile_for_training, resolve_device, resolve_training_compile,
+                                    seed_everything, set_cpu_threads, setup_distributed)
 from light_training.stages import StageFailed, write_config
 from light_training.training.augmentation import make_training_stream
 from light_training.training.dataloading import ValidationPatches
@@ -59,6 +60,8 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
         plans = load_plans(c["data_dir"], c["dataset"])
         model = build_training_network(c, plans)
         model.check_patch_size(c["patch_size"])
+        if resolve_training_compile(c["torch_compile"], device):
+            compile_for_training(model)
         if not dist.is_main:
             dist.barrier()  # rank 0 writes splits.json first
         train_cases, val_cases = fold_cases(c["data_dir"], c["fold"], c["test_cases"] or None)
