@@ -20,7 +20,7 @@ import torch
 from light_training.io import atomic_path
 
 __all__ = ["CHECKPOINT_NAMES", "save_checkpoint", "load_checkpoint", "build_model", "rng_state", "set_rng_state",
-           "archive_previous_run", "is_release_state", "release_tensors"]
+           "fold_logdir", "archive_previous_run", "is_release_state", "release_tensors"]
 
 CHECKPOINT_NAMES = ("latest", "best", "final")  # <logdir>/model/<name>.pt
 _REQUIRED_KEYS = ("model_class", "model_config", "model")
@@ -111,6 +111,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          n["cached_gaussian"]))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
+
+
+def fold_logdir(logdir: str | Path, fold: int) -> Path:
+    """The folder of fold ``fold``'s run: ``logdir`` itself for fold 0 (the original's documented
+    ``./logs/diffunet/model/best.pt``), ``<logdir>/fold_<k>`` for the others, so five folds trained with
+    one ``logdir`` sit side by side (and :func:`archive_previous_run` of fold 0 leaves them alone)."""
+    if not isinstance(fold, int) or isinstance(fold, bool) or fold < 0:
+        raise ValueError(f"fold={fold!r}: expected a fold number >= 0")
+    return Path(logdir) if fold == 0 else Path(logdir) / f"fold_{fold}"
 
 
 def archive_previous_run(logdir: str | Path) -> Path | None:

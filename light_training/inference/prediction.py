@@ -23,11 +23,10 @@ from monai.inferers import SlidingWindowInferer
 from diffunet.pure import FUSIONS
 from diffunet.uncertainty import check_uncertainty, entropy_term, uncertainty_from_means
 from light_training.io import Geometry, atomic_path, write_volume
-from light_training.runtime import autocast_context
+from light_training.runtime import autocast_context, seed_everything
 from light_training.preprocessing.preprocess import restore_to_original
 
-__all__ = ["InferenceSettings", "predict_volume",
-           "save_prediction"]
+__all__ = ["InferenceSettings", "predict_volume", "predict_ensemble", "save_prediction"]
 
 
 @dataclass
@@ -45,6 +44,8 @@ class InferenceSettings:
     steps: int | None = None  # DDIM steps; None: the model's own
     fusion: str | None = None  # step fusion "pure", "mean", "last"; None: the model's own (the plain U-Net: unused)
     uncertainty: str = "total"  # the map written: "total", "mutual_information", "fused_entropy" (diffunet.uncertainty)
+    with_uncertainty: bool = True  # False: no uncertainty map, and none of the whole-volume buffers it needs
+    buffers_on_cpu: bool = False  # the whole-volume sums on the CPU, windows on ``device`` (the out-of-memory retry)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -65,8 +66,8 @@ class _MirroredSampler:
         axes = [2 + a for a in settings.mirror_axes]
         self.flips = [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
         self.batched = device.type == "cuda" if settings.batch_mirrors is None else settings.batch_mirrors
-        self.with_members = settings.uncertainty != "fused_entropy"
-        self.with_entropy = settings.uncertainty != "total"
+        self.with_members = settings.with_uncertainty and settings.uncertainty != "fused_entropy"
+        self.with_entropy = settings.with_uncertainty and settings.uncertainty != "total"
 
     def _outputs(self, output) -> tuple[torch.Tensor, ...]:
         terms = (output.probs, output.member_probs) if self.with_members else (output.probs,)
@@ -92,10 +93,62 @@ class _MirroredSampler:
         return tuple(t / len(self.flips) for t in sums)
 
 
+def _volume_sums(model: torch.nn.Module, image: torch.Tensor, settings: InferenceSettings,
+                 device: torch.device) -> tuple[torch.Tensor, ...]:
+    """One model over ``image`` ``(C, Z, Y, X)``: the inferer's blended outputs of :class:`_MirroredSampler`,
+    each ``(1, ch, Z, Y, X)``, on the CPU when ``settings.buffers_on_cpu``, else on ``device``."""
+    buffers = torch.device("cpu") if settings.buffers_on_cpu else device
+    inferer = SlidingWindowInferer(roi_size=list(settings.patch_size), sw_batch_size=settings.sw_batch_size,
+                                   overlap=settings.overlap, mode="gaussian", progress=settings.progress,
+                                   cache_roi_weight_map=True, device=buffers, sw_device=device)
+    outputs = inferer(image[None].to(buffers), _MirroredSampler(model, settings, device))
+    return outputs if isinstance(outputs, tuple) else (outputs,)
+
+
 @torch.inference_mode()
+def predict_ensemble(members: Sequence[tuple[torch.nn.Module, InferenceSettings]], image: np.ndarray | torch.Tensor,
+                     device: torch.device, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Predict one preprocessed volume with one or several models (e.g. the folds of a cross-validation).
+
+    Each model runs over the whole volume with its own settings (its patch size), the noise reset to
+    ``seed`` before each (so a member predicts exactly as it would alone); the probabilities, the member
+    probabilities and the entropy term are averaged over the models as over mirrors and steps, so the
+    uncertainty map counts every model as members and shows where folds disagree. The first member's
+    settings choose the uncertainty kind.
+
+    Args:
+        members: ``(model in eval mode on device, settings)`` per model, all with the same classes.
+        image: ``(C, Z, Y, X)`` preprocessed image (any size; smaller than a window is padded).
+    Returns:
+        probabilities ``(K, Z, Y, X)`` float32 and the uncertainty map ``(Z, Y, X)`` float32 in [0, 1]
+        (None when ``with_uncertainty`` is False), on ``device`` (on the CPU with ``buffers_on_cpu``).
+    """
+    if not members:
+        raise ValueError("predict_ensemble needs at least one model")
+    # a copy: preprocessed cases are read-only memory maps
+    image = torch.from_numpy(np.array(image, dtype=np.float32)) if isinstance(image, np.ndarray) else image
+    sums = None
+    for model, settings in members:
+        if seed is not None:
+            seed_everything(seed)
+        outputs = _volume_sums(model, image, settings, device)
+        sums = list(outputs) if sums is None else [a.add_(b) for a, b in zip(sums, outputs)]
+        del outputs
+    means = [t[0] / len(members) for t in sums]  # (ch, Z, Y, X) each
+    first = members[0][1]
+    probs = means[0]
+    if not first.with_uncertainty:
+        return probs, None
+    with_entropy = first.uncertainty != "total"
+    member_probs = means[1] if first.uncertainty != "fused_entropy" else probs
+    entropy = means[-1][0] if with_entropy else None
+    return probs, uncertainty_from_means(first.uncertainty, member_probs[None],
+                                         None if entropy is None else entropy[None])[0]
+
+
 def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, settings: InferenceSettings,
-                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Predict one preprocessed volume.
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Predict one preprocessed volume with one model (:func:`predict_ensemble` of one, without reseeding).
 
     Args:
         model: a network of :func:`diffunet.build_network` (Diff-UNet or the plain U-Net) in eval mode, on
@@ -103,21 +156,14 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, set
         image: ``(C, Z, Y, X)`` preprocessed image (any size; smaller than a window is padded).
     Returns:
         probabilities ``(K, Z, Y, X)`` float32 (the fused prediction, averaged over mirrors and windows)
-        and the ``settings.uncertainty`` map ``(Z, Y, X)`` float32 in [0, 1], on ``device``.
+        and the ``settings.uncertainty`` map ``(Z, Y, X)`` float32 in [0, 1] (None without
+        ``with_uncertainty``), on ``device``.
     """
-    # a copy: preprocessed cases are read-only memory maps
-    image = torch.from_numpy(np.array(image, dtype=np.float32)) if isinstance(image, np.ndarray) else image
-    inferer = SlidingWindowInferer(roi_size=list(settings.patch_size), sw_batch_size=settings.sw_batch_size,
-                                   overlap=settings.overlap, mode="gaussian", progress=settings.progress,
-                                   cache_roi_weight_map=True, device=device, sw_device=device)
-    sampler = _MirroredSampler(model, settings, device)
-    outputs = inferer(image[None].to(device), sampler)
-    probs, entropy = outputs[0], outputs[-1][:, 0] if sampler.with_entropy else None
-    member_probs = outputs[1] if sampler.with_members else probs
-    return probs[0], uncertainty_from_means(settings.uncertainty, member_probs, entropy)[0]
+    return predict_ensemble([(model, settings)], image, device)
 
 
-def save_prediction(probabilities: torch.Tensor, uncertainty: torch.Tensor, properties: dict[str, Any],
+def save_prediction(probabilities: torch.Tensor | np.ndarray, uncertainty: torch.Tensor | np.ndarray | None,
+                    properties: dict[str, Any],
                     labels: Sequence[int], save_dir: str | Path, save_probabilities: bool = False,
                     save_uncertainty: bool = False) -> Path:
     """Map a prediction back onto the original image grid and write ``<case>.nii.gz``.
@@ -133,7 +179,7 @@ def save_prediction(probabilities: torch.Tensor, uncertainty: torch.Tensor, prop
     save_dir = Path(save_dir)
     case = properties["case"]
     geometry = Geometry.from_dict(properties["geometry"])
-    probs = restore_to_original(probabilities.cpu().numpy(), properties, is_label=False)  # (K, Z, Y, X)
+    probs = restore_to_original(_numpy(probabilities), properties, is_label=False)  # (K, Z, Y, X)
     segmentation = np.asarray(labels, dtype=np.uint8)[probs.argmax(0)]
     write_volume(segmentation, geometry, save_dir / f"{case}.nii.gz")
     if save_probabilities:
@@ -142,7 +188,13 @@ def save_prediction(probabilities: torch.Tensor, uncertainty: torch.Tensor, prop
     if save_uncertainty:
         # the uncertainty is a single float map: restore it like a two-class probability whose
         # "background" channel is 1 - u, so voxels outside the crop get uncertainty 0
-        u = uncertainty.cpu().numpy()
+        if uncertainty is None:
+            raise ValueError("save_uncertainty=True needs the uncertainty map (InferenceSettings.with_uncertainty)")
+        u = _numpy(uncertainty)
         restored = restore_to_original(np.stack([1 - u, u]), properties, is_label=False)[1]
         write_volume(restored.astype(np.float32), geometry, save_dir / f"{case}_uncertainty.nii.gz")
     return save_dir / f"{case}.nii.gz"
+
+
+def _numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
+    return array.cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)

@@ -1,25 +1,35 @@
-"""The prediction stage: a checkpoint's model over the held-out fold or a folder of raw scans.
+"""The prediction stage: one or several checkpoints' models over the held-out fold or a folder of raw scans.
 
-Every input is found and checked before the first window is predicted: unreadable or truncated files,
-wrong dimensionality, missing sequences, channel count, NaN/Inf, sequences of one case on different
-grids. All problems are listed at once, by case and file; ``skip_bad_cases`` predicts the rest.
+With ``skip_bad_cases=False`` every input is found and checked before the first window is predicted:
+unreadable or truncated files, wrong dimensionality, missing sequences, channel count, NaN/Inf,
+sequences of one case on different grids; all problems are listed at once, by case and file. With
+``skip_bad_cases=True`` each scan is read once, by the pipeline, and the bad ones are listed at the end.
+
+The engines: :mod:`light_training.inference.ensemble` (which models), :mod:`~light_training.inference.resume`
+(which cases: this part, not done yet), :mod:`~light_training.inference.pipeline` (workers, out-of-memory
+retry) and :mod:`~light_training.inference.cases` (one case's CPU work).
 """
 from __future__ import annotations
 
-import warnings
+import dataclasses
+import functools
+import os
+import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from tqdm import tqdm
-
 from light_training.datasets import DatasetDescription, load_dataset
-from light_training.inference.prediction import InferenceSettings, predict_volume, save_prediction
-from light_training.preprocessing.preprocess import load_case, preprocess_case
-from light_training.preprocessing.raw_cases import RawCase, find_raw_cases, read_raw_case
-from light_training.runtime import compile_for_inference, resolve_device, seed_everything, set_cpu_threads
-from light_training.stages import write_config
+from light_training.inference import resume
+from light_training.inference.cases import ExportJob, CaseInput, export_case, load_input, read_scan, \
+    remove_stale_temporaries
+from light_training.inference.ensemble import checkpoint_paths, load_ensemble, load_predictor
+from light_training.inference.pipeline import PipelineError, default_workers, predict_with_fallback, run_pipeline
+from light_training.inference.prediction import InferenceSettings
+from light_training.parallel import map_cases
+from light_training.preprocessing.raw_cases import RawCase, find_raw_cases
+from light_training.runtime import (compile_for_inference, configure_backends, resolve_device, resolve_precision,
+                                    set_cpu_threads)
+from light_training.stages import StageFailed, write_config
 from light_training.training.splits import held_out_cases
 
 __all__ = ["NONFINITE_POLICIES", "load_predictor", "check_scans", "predict"]
@@ -27,128 +37,145 @@ __all__ = ["NONFINITE_POLICIES", "load_predictor", "check_scans", "predict"]
 NONFINITE_POLICIES = ("error", "replace")  # NaN/Inf in a scan to predict: refuse it, or use the scan's minimum
 
 
-def load_predictor(checkpoint_path: str | Path, dataset: str, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model from a checkpoint alone: ``(model in eval mode on device, checkpoint)``.
-
-    ``ValueError`` when the file is missing, not a checkpoint of ours, or trained on another dataset.
-    """
-    from light_training.checkpoint import build_model, load_checkpoint
-
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise ValueError(f"no checkpoint at {path}: train first (the training script writes "
-                         f"<logdir>/model/best.pt) or set --checkpoint=PATH")
-    checkpoint = load_checkpoint(path, map_location="cpu")  # ValueError for a foreign or damaged file
-    try:
-        model = build_model(checkpoint)
-    except (KeyError, TypeError, RuntimeError) as err:  # a config or state dict this code cannot rebuild
-        raise ValueError(f"{path}: the model cannot be rebuilt from this checkpoint ({type(err).__name__}: "
-                         f"{err})") from None
-    expected = load_dataset(dataset).name
-    trained_on = checkpoint.get("plans", {}).get("dataset")
-    if trained_on != expected:
-        raise ValueError(f"{path}: this checkpoint was trained on {trained_on!r}, not {expected!r}")
-    return model.to(device).eval(), checkpoint
-
-
-def _read_scan(raw: RawCase, description: DatasetDescription, nonfinite: str) -> tuple[np.ndarray, Any, list[str]]:
-    """Read a scan to predict; ``(image, geometry, warnings)``."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        image, geometry, _ = read_raw_case(raw, description, replace_nonfinite=nonfinite == "replace")
-    return image, geometry, [str(w.message) for w in caught]
-
-
-def check_scans(raw_cases: list[RawCase], description: DatasetDescription,
-                nonfinite: str = "error") -> tuple[list[RawCase], dict[str, str]]:
-    """Read and check every scan: ``(usable cases, {case: problem})``. Nothing is predicted here."""
+def check_scans(raw_cases: list[RawCase], description: DatasetDescription, nonfinite: str = "error",
+                num_processes: int = 0) -> tuple[list[RawCase], dict[str, str]]:
+    """Read and check every scan (in ``num_processes`` worker processes; 0 or 1: in this one):
+    ``(usable cases, {case: problem})``. Nothing is predicted here."""
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite={nonfinite!r}: expected one of {list(NONFINITE_POLICIES)}")
-    good, bad = [], {}
-    for raw in tqdm(raw_cases, desc="checking scans", unit="case"):
-        try:
-            _read_scan(raw, description, nonfinite)
-            good.append(raw)
-        except ValueError as err:  # ImageReadError included
-            bad[raw.case] = str(err)
-    return good, bad
+    check = functools.partial(read_scan, description=description, nonfinite=nonfinite)
+    _, failures = map_cases(functools.partial(_checked, check=check), raw_cases, num_processes, "checking scans",
+                            skip_bad_cases=True)
+    bad = {raw.case: failures[raw.case].removeprefix(f"{raw.case}: ") for raw in raw_cases if raw.case in failures}
+    return [raw for raw in raw_cases if raw.case not in bad], bad
+
+
+def _checked(raw: RawCase, check: functools.partial) -> None:
+    check(raw)  # the image is dropped here: only the problems travel back
 
 
 def _listing(problems: dict[str, str]) -> str:
     return "\n".join(f"  {case}: {why}" for case, why in problems.items())
 
 
-def predict(config: dict[str, Any], script: str) -> list[Path]:
-    """Predict the held-out fold of ``data_dir`` (or every scan of ``input_dir``) into ``save_dir``.
-
-    Writes ``<case>.nii.gz`` on the source image's geometry, and on request ``<case>_uncertainty.nii.gz``,
-    ``<case>.npz`` and ``<case>_preview.png``; then the resolved constants.
-    """
-    c = config
-    set_cpu_threads(c["num_threads"])
-    device = resolve_device(c["device"])
-    model, checkpoint = load_predictor(c["checkpoint"] or Path(c["logdir"]) / "model" / "best.pt", c["dataset"], device)
-    plans = checkpoint["plans"]
-    description = load_dataset(plans["description"])
-    skipped: dict[str, str] = {}
+def _find_cases(c: dict[str, Any], description: DatasetDescription, checkpoints: list[dict]
+                ) -> tuple[dict[str, RawCase | None], dict[str, list[int]]]:
+    """``({case: raw case or None (preprocessed)}, {case: indices of the models that predict it})``: every
+    scan of ``input_dir`` with every model, or the held-out fold of each model (the cases it never saw;
+    ``fold`` overrides the checkpoints' own)."""
+    everyone = list(range(len(checkpoints)))
     if c["input_dir"]:
+        if c["nonfinite"] not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite={c['nonfinite']!r}: expected one of {list(NONFINITE_POLICIES)}")
         raw_cases = find_raw_cases(c["input_dir"], description, with_labels=False)
         if not raw_cases:
             raise ValueError(f"{c['input_dir']}: no scans found (expected "
                              f"{' or '.join(description.raw_layout['unlabeled_images'])})")
-        raw_cases, skipped = check_scans(raw_cases, description, c["nonfinite"])
-        if skipped and not c["skip_bad_cases"]:
-            raise ValueError(f"{len(skipped)} of {len(raw_cases) + len(skipped)} scan(s) cannot be predicted; "
-                             f"nothing was predicted:\n{_listing(skipped)}\n(fix or remove them, or run with "
-                             f"--skip_bad_cases=True to predict the others)")
-        names = [raw.case for raw in raw_cases]
-    else:
-        names = held_out_cases(c["data_dir"], checkpoint["config"]["fold"] if c["fold"] is None else c["fold"])
-        missing = [n for n in names if not (Path(c["data_dir"]) / f"{n}.json").is_file()]
-        if missing:
-            raise ValueError(f"{c['data_dir']}: no preprocessed case(s) {missing}; run the preprocessing script")
-    if c["torch_compile"]:
-        compile_for_inference(model)
-    settings = InferenceSettings(patch_size=checkpoint["config"]["patch_size"], overlap=c["overlap"],
-                                 mirror_axes=c["mirror_axes"], sw_batch_size=c["sw_batch_size"],
-                                 precision=c["precision"], steps=c["steps"], fusion=c["fusion"],
-                                 uncertainty=c["uncertainty"])
-    written = []
-    for i, name in enumerate(tqdm(names, desc="cases", unit="case")):
-        label = None
-        if c["input_dir"]:
-            image, geometry, notes = _read_scan(raw_cases[i], description, c["nonfinite"])
-            for note in notes:
-                print(f"warning: {note}")
-            image, _, properties = preprocess_case(image, geometry, None, plans, case=name)
-        else:
-            image, label, properties = load_case(c["data_dir"], name)
-        if c["seed"] is not None:  # per case: a case's prediction does not depend on which others were predicted
-            seed_everything(c["seed"])
-        probabilities, uncertainty = predict_volume(model, image, settings, device)
-        written.append(save_prediction(probabilities, uncertainty, properties, plans["labels"], c["save_dir"],
-                                       c["save_probabilities"], c["save_uncertainty"]))
-        if c["save_preview"]:
-            _write_preview(c["save_dir"], name, image, label, probabilities, uncertainty, plans, description)
-    write_config(c, script, c["save_dir"])
-    print(f"{len(written)} prediction(s) written to {c['save_dir']}")
+        return {raw.case: raw for raw in raw_cases}, {raw.case: everyone for raw in raw_cases}
+    members: dict[str, list[int]] = {}
+    for i, checkpoint in enumerate(checkpoints):
+        for name in held_out_cases(c["data_dir"], checkpoint["config"]["fold"] if c["fold"] is None else c["fold"]):
+            members.setdefault(name, []).append(i)
+    missing = [n for n in members if not (Path(c["data_dir"]) / f"{n}.json").is_file()]
+    if missing:
+        raise ValueError(f"{c['data_dir']}: no preprocessed case(s) {missing}; run the preprocessing script")
+    return {n: None for n in sorted(members)}, members
+
+
+def _check_first(c: dict[str, Any], raws: list[RawCase], description: DatasetDescription, num_processes: int) -> None:
+    """With ``skip_bad_cases=False``: every scan to predict checked before any work, all problems at once."""
+    _, bad = check_scans(raws, description, c["nonfinite"], num_processes)
+    if bad:
+        raise ValueError(f"{len(bad)} of {len(raws)} scan(s) cannot be predicted; nothing was predicted:\n"
+                         f"{_listing(bad)}\n(fix or remove them, or run with --skip_bad_cases=True to predict "
+                         f"the others)")
+
+
+def _stamp(c: dict[str, Any], name: str, raw: RawCase | None) -> list[list]:
+    data = Path(c["data_dir"])
+    return resume.source_stamp(raw.image_files if raw is not None else [data / f"{name}_image.npy",
+                                                                         data / f"{name}.json"])
+
+
+def predict(config: dict[str, Any], script: str) -> list[Path]:
+    """Predict the held-out fold(s) of ``data_dir`` (or every scan of ``input_dir``) into ``save_dir``:
+    this process's part of the cases, those not done by the same run already (unless ``overwrite``).
+
+    Writes ``<case>.nii.gz`` on the source image's geometry, and on request ``<case>_uncertainty.nii.gz``,
+    ``<case>.npz`` and ``<case>_preview.png``; then ``<case>_record.json``; then the resolved constants.
+    """
+    c = config
+    set_cpu_threads(c["num_threads"])
+    device = resume.rank_device(resolve_device(c["device"]), os.environ)
+    configure_backends(device, resolve_precision(c["precision"], device))  # cudnn.benchmark; TF32 only under bf16/fp16
+    num_parts, part_id = resume.resolve_part(c["num_parts"], c["part_id"], os.environ)
+    resume.case_part([], num_parts, part_id)  # checks the two constants before any work
+    paths = checkpoint_paths(c["checkpoint"], c["folds"], c["logdir"], c["checkpoint_name"])
+    loaded = load_ensemble(paths, c["dataset"], device)
+    plans = loaded[0][1]["plans"]
+    description = load_dataset(plans["description"])
+    pre, export = default_workers(device.type, os.cpu_count() or 1)
+    pre = pre if c["num_processes_preprocessing"] is None else c["num_processes_preprocessing"]
+    export = export if c["num_processes_export"] is None else c["num_processes_export"]
+    sources, case_members = _find_cases(c, description, [ckpt for _, ckpt in loaded])
+    mine = resume.case_part(list(sources), num_parts, part_id)
+    fingerprint = resume.run_fingerprint([resume.file_digest(p) for p in paths], c)
+    outputs = {n: resume.case_outputs(c["save_dir"], n, c["save_probabilities"], c["save_uncertainty"],
+                                      c["save_preview"]) for n in mine}
+    stamps = {n: _stamp(c, n, sources[n]) for n in mine}
+    done = [] if c["overwrite"] else [n for n in mine if resume.is_done(c["save_dir"], n, fingerprint, stamps[n],
+                                                                          outputs[n])]
+    todo = [n for n in mine if n not in done]
+    if c["input_dir"] and not c["skip_bad_cases"]:  # promise: nothing is predicted while a scan is bad
+        _check_first(c, [sources[n] for n in todo], description, pre)
+    remove_stale_temporaries(c["save_dir"], todo)  # what a killed run left half-written
+    part = f" (part {part_id} of {num_parts}: {len(mine)} of {len(sources)} cases)" if num_parts > 1 else ""
+    print(f"{len(todo)} case(s) to predict with {len(paths)} model(s){part}"
+          + (f"; {len(done)} already done, skipped (--overwrite=True redoes them)" if done else ""), flush=True)
+    if c["torch_compile"] and todo:
+        for model, _ in loaded:
+            compile_for_inference(model)
+    members = [(model, InferenceSettings(
+        patch_size=ckpt["config"]["patch_size"], overlap=c["overlap"], mirror_axes=c["mirror_axes"],
+        sw_batch_size=c["sw_batch_size"], precision=c["precision"], steps=c["steps"], fusion=c["fusion"],
+        uncertainty=c["uncertainty"], with_uncertainty=c["save_uncertainty"] or c["save_preview"]))
+        for model, ckpt in loaded]
+
+    def network(case: CaseInput) -> ExportJob:
+        for note in case.notes:
+            print(f"warning: {case.name}: {note}")
+        chosen, start = [members[i] for i in case_members[case.name]], time.perf_counter()
+        probabilities, uncertainty, notes = predict_with_fallback(chosen, case.image, device, c["seed"], case.name)
+        probabilities = probabilities.cpu().numpy()  # the device's copies are freed here, before the next case
+        uncertainty = None if uncertainty is None else uncertainty.cpu().numpy()
+        seconds = {"read + preprocess": case.seconds, "network": time.perf_counter() - start}  # .cpu(): synchronised
+        job = ExportJob(case, probabilities, uncertainty, plans, description, str(c["save_dir"]),
+                        c["save_probabilities"], c["save_uncertainty"], c["save_preview"], outputs[case.name],
+                        fingerprint, stamps[case.name],
+                        [str(paths[i]) for i in case_members[case.name]], notes, seconds)
+        if not c["save_preview"]:
+            job.case = dataclasses.replace(case, image=case.image[:0])  # the image is not sent to the writer
+        return job
+
+    load = functools.partial(_load, sources=sources, description=description, plans=plans, nonfinite=c["nonfinite"],
+                             data_dir=c["data_dir"])
+    try:
+        written, bad, failed = run_pipeline([(n, n) for n in todo], load, network, export_case, pre, export,
+                                            skip_bad_input=c["skip_bad_cases"])
+    except PipelineError as err:
+        raise StageFailed(f"{err}\n(the cases written so far are kept; run again to predict the rest)") from None
+    skipped = bad
+    write_config(c, script, c["save_dir"], None if num_parts == 1 else f"{Path(script).stem}_part{part_id}")
+    print(f"{len(written)} prediction(s) written to {c['save_dir']}" + (f", {len(done)} done before" if done else ""))
     if c["save_preview"] and written:
         print(f"previews: {Path(c['save_dir']) / '<case>_preview.png'}")
     if skipped:
         print(f"skipped {len(skipped)} scan(s) that cannot be predicted:\n{_listing(skipped)}")
-    return written
+    if failed:
+        raise StageFailed(f"{len(failed)} case(s) failed, the others were predicted:\n{_listing(failed)}")
+    return [Path(c["save_dir"]) / f"{n}.nii.gz" for n in written]
 
 
-def _write_preview(save_dir: str | Path, case: str, image: np.ndarray, label: np.ndarray | None,
-                   probabilities: torch.Tensor, uncertainty: torch.Tensor, plans: dict[str, Any],
-                   description: DatasetDescription) -> Path:
-    """``<case>_preview.png`` on the preprocessed grid (the scan as the network saw it)."""
-    from light_training.inference.preview import preview_path, write_preview
-
-    values = np.asarray(plans["labels"], dtype=np.uint8)
-    prediction = values[probabilities.argmax(0).cpu().numpy()]
-    return write_preview(preview_path(save_dir, case), np.asarray(image), prediction,
-                         uncertainty=uncertainty.cpu().numpy(),
-                         ground_truth=None if label is None else values[np.asarray(label)],
-                         spacing=plans["target_spacing"], label_names=dict(zip(plans["labels"], plans["label_names"])),
-                         airway_mip=description.metrics == "aiib2023")
+def _load(name: str, sources: dict[str, RawCase | None], description: DatasetDescription, plans: dict[str, Any],
+          nonfinite: str, data_dir: str | None) -> CaseInput:
+    return load_input(name, sources[name], description, plans, nonfinite, data_dir)

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from diffunet import set_memory_options
-from light_training.checkpoint import archive_previous_run
+from light_training.checkpoint import archive_previous_run, fold_logdir
 from light_training.datasets import load_dataset
 from light_training.io import read_json
 from light_training.preprocessing.planning import plans_path
@@ -46,9 +46,10 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
     """Train on fold ``fold`` of ``data_dir`` into ``logdir`` (single process or one rank of torchrun).
 
     Writes ``<logdir>/model/{latest,best,final}.pt``, tensorboard events, ``progress.png`` and the
-    resolved constants. A fresh run moves an earlier run in ``logdir`` to ``previous_runs/``.
+    resolved constants. A fresh run moves an earlier run in ``logdir`` to ``previous_runs/``. Folds other
+    than 0 train into ``<logdir>/fold_<k>`` (:func:`~light_training.checkpoint.fold_logdir`), beside fold 0's.
     """
-    c = config
+    c = {**config, "logdir": str(fold_logdir(config["logdir"], config["fold"]))}
     if not 0 <= c["oversample_foreground"] <= 1:
         raise ValueError(f"oversample_foreground={c['oversample_foreground']!r}: expected a share of the patches, "
                          f"in [0, 1]")

@@ -1,0 +1,118 @@
+"""The two CPU halves of predicting one case, run in worker processes beside the network or in the main
+process: read + check + preprocess a scan (:func:`load_input`), and restore + write its outputs and its
+record (:func:`export_case`). Both are plain functions of picklable arguments, for process pools."""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from light_training.datasets import DatasetDescription
+from light_training.inference.prediction import save_prediction
+from light_training.inference.resume import write_record
+from light_training.preprocessing.preprocess import load_case, preprocess_case
+from light_training.preprocessing.raw_cases import RawCase, read_raw_case
+
+__all__ = ["CaseInput", "ExportJob", "read_scan", "load_input", "export_case", "remove_stale_temporaries"]
+
+
+@dataclass
+class CaseInput:
+    """A case ready for the network: ``image`` ``(C, Z, Y, X)`` float32 on the preprocessed grid, the label
+    ``(Z, Y, X)`` (held-out mode, for the preview) or None, the preprocessing properties, and the reading's
+    warnings; ``seconds`` it took to read and preprocess."""
+    name: str
+    image: np.ndarray
+    label: np.ndarray | None
+    properties: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class ExportJob:
+    """What :func:`export_case` writes: probabilities ``(K, z, y, x)`` and uncertainty ``(z, y, x)`` (or
+    None) on the preprocessed grid, as numpy arrays; the files it must write; the case's record, with the
+    ``seconds`` of each step ("read + preprocess", "network"; "restore + write" is added when written)."""
+    case: CaseInput
+    probabilities: np.ndarray
+    uncertainty: np.ndarray | None
+    plans: dict[str, Any]
+    description: DatasetDescription
+    save_dir: str
+    save_probabilities: bool
+    save_uncertainty: bool
+    save_preview: bool
+    outputs: list[Path]
+    fingerprint: str
+    stamp: list[list]
+    checkpoints: list[str]
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def read_scan(raw: RawCase, description: DatasetDescription, nonfinite: str) -> tuple[np.ndarray, Any, list[str]]:
+    """Read a scan to predict; ``(image, geometry, warnings)``. ValueError names the file and the problem."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image, geometry, _ = read_raw_case(raw, description, replace_nonfinite=nonfinite == "replace")
+    return image, geometry, [str(w.message) for w in caught]
+
+
+def load_input(name: str, raw: RawCase | None, description: DatasetDescription, plans: dict[str, Any],
+               nonfinite: str, data_dir: str | None) -> CaseInput:
+    """A raw scan read once, checked and preprocessed (``raw`` given), or a preprocessed case of
+    ``data_dir`` (held-out mode)."""
+    start = time.perf_counter()
+    if raw is not None:
+        image, geometry, notes = read_scan(raw, description, nonfinite)
+        image, _, properties = preprocess_case(image, geometry, None, plans, case=name)
+        image, label = np.asarray(image, dtype=np.float32), None
+    else:
+        image, label, properties = load_case(data_dir, name)  # read-only memory maps: copied
+        image, label, notes = np.array(image, dtype=np.float32), None if label is None else np.array(label), []
+    return CaseInput(name, image, label, properties, notes, time.perf_counter() - start)
+
+
+def export_case(job: ExportJob) -> str:
+    """Restore ``job``'s prediction onto the source grid, write its files and then its record; the case."""
+    case, start = job.case, time.perf_counter()
+    save_prediction(job.probabilities, job.uncertainty, case.properties, job.plans["labels"], job.save_dir,
+                    job.save_probabilities, job.save_uncertainty)
+    if job.save_preview:
+        _write_preview(job)
+    seconds = {**job.seconds, "restore + write": time.perf_counter() - start}
+    write_record(job.save_dir, case.name, job.fingerprint, job.stamp, job.outputs, job.checkpoints, job.notes, seconds)
+    return case.name
+
+
+def _write_preview(job: ExportJob) -> Path:
+    """``<case>_preview.png`` on the preprocessed grid (the scan as the network saw it)."""
+    from light_training.inference.preview import preview_path, write_preview
+
+    plans, case = job.plans, job.case
+    values = np.asarray(plans["labels"], dtype=np.uint8)
+    prediction = values[job.probabilities.argmax(0)]
+    return write_preview(preview_path(job.save_dir, case.name), case.image, prediction, uncertainty=job.uncertainty,
+                         ground_truth=None if case.label is None else values[np.asarray(case.label)],
+                         spacing=plans["target_spacing"], label_names=dict(zip(plans["labels"], plans["label_names"])),
+                         airway_mip=job.description.metrics == "aiib2023")
+
+
+def remove_stale_temporaries(save_dir: str | Path, cases: Sequence[str]) -> list[Path]:
+    """Remove the temporary files (``light_training.io.atomic_path``'s ``.<name>.*.tmp*``) that a killed run
+    left for ``cases`` in ``save_dir``; the removed paths. Other cases' (another rank's, running) are kept."""
+    save_dir = Path(save_dir)
+    if not save_dir.is_dir():
+        return []
+    stems = {c + suffix for c in cases for suffix in ("", "_uncertainty", "_preview", "_record")}
+    removed = []
+    for path in save_dir.glob(".*.tmp*"):
+        if path.name[1:].split(".")[0] in stems:  # ".<file stem>.<random>.tmp<suffixes>"
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
