@@ -7,9 +7,11 @@ preview pictures are, and the wall time. Everything goes under ./data/demo, ./lo
 ./prediction_results/demo.
 
 What the settings trade: a short schedule (600 AIIB and 300 BraTS steps at twice the scripts' learning rate, on
-32x32x32 patches, two thirds of them centred on foreground) for about 7 minutes on a quiet 2-core CPU, at the cost
-of accuracy (AIIB IoU about 0.71); one torch thread with augmentation in-process: slower than two threads on an
-idle machine, but it keeps its speed beside a busy process, where two threads slow down 2x or more.
+32x32x32 patches, two thirds of them centred on foreground) for a run within 10 minutes on a quiet 2-core CPU, with
+or without bf16 units, at the cost of accuracy (AIIB IoU about 0.71); torch threads by the load at the start (both
+cores on an idle machine, one beside a busy process, where a second thread would stall the step), augmentation
+in-process. It prints the CPU (model, vector units, bf16 or not) beside its wall time: timings differ 2-3x
+between CPUs.
 
 Examples (the last one a smoke test):
     python demo.py
