@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 from diffunet.boundary import boundary_target
 from diffunet.diffusion import T_MAX, LabelEmbedding, alpha_sigma, ddim_times, logsnr_cosine, noise_labels
@@ -72,6 +73,8 @@ class DiffUNet(nn.Module):
         if label.shape != (image.shape[0], *image.shape[2:]):
             raise ValueError(f"label must be (B, D, H, W) = {(image.shape[0], *image.shape[2:])}, "
                              f"got {tuple(label.shape)}")
+        if is_fake(label) or label.is_meta:  # memory estimation (light_training.memory): shapes, no values
+            return
         lo, hi = torch.aminmax(label)
         if lo < 0 or hi >= self.num_classes:
             raise ValueError(f"label values must be class indices in [0, {self.num_classes - 1}], "

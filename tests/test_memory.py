@@ -1,0 +1,101 @@
+"""The memory estimator (light_training.memory) against the real peak of the same step on the CPU.
+
+The real peak is measured independently of the estimator's storage counting: the running sum of the
+CPU allocator's allocation and free events recorded by torch.profiler, which sees every allocation,
+including those inside a kernel. Batches of 2 or more (and bf16): with one fp32 patch the CPU takes its
+slow convolution path, whose column buffers (inside the kernel, absent on CUDA) the estimator does not count.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from diffunet import build_network
+from light_training.memory import (LiveBytes, estimate_sampling_window, estimate_train_step, fits_on_card,
+                                   measure_cpu_peak, sampling_window, sampling_window_setup, train_step,
+                                   train_step_setup)
+
+
+def _bytes(tensors) -> int:
+    return sum(t.untyped_storage().nbytes() for t in tensors)
+
+
+def _tiny(variant: str = "diffunet"):
+    net = build_network(variant, 1, 3, preset="tiny")
+    return type(net).__name__, net.config
+
+
+@pytest.mark.parametrize("variant,patch,batch,precision", [
+    ("diffunet", (16, 24, 24), 2, "fp32"),
+    ("diffunet", (24, 16, 32), 3, "bf16"),
+    ("unet", (16, 24, 24), 2, "fp32"),
+])
+def test_train_step_estimate_matches_the_cpu_peak(variant, patch, batch, precision):
+    model_class, config = _tiny(variant)
+    estimate = estimate_train_step(model_class, config, patch, batch, precision)
+    torch.manual_seed(0)
+    model, optimizer, image, label = train_step_setup(model_class, config, patch, batch)
+    momentum = [s["momentum_buffer"] for s in optimizer.state.values()]
+    assert estimate.parameter_bytes == estimate.gradient_bytes == estimate.optimizer_bytes == _bytes(momentum)
+    before = _bytes([*model.parameters(), *momentum, image, label])
+    real = measure_cpu_peak(lambda: train_step(model, optimizer, image, label, precision), before)
+    assert abs(estimate.peak_bytes / real - 1) < 0.15, (estimate.peak_bytes, real)
+    assert estimate.activation_bytes > 3 * estimate.parameter_bytes  # the activations dominate
+
+
+def test_sampling_window_estimate_matches_the_cpu_peak():
+    model_class, config = _tiny()
+    estimate = estimate_sampling_window(model_class, config, (16, 24, 24), 1, "bf16", mirrors=8)
+    model, windows = sampling_window_setup(model_class, config, (16, 24, 24), 1)
+    real = measure_cpu_peak(lambda: sampling_window(model, windows, "bf16", 8),
+                            _bytes([*model.parameters(), windows]))
+    assert abs(estimate.peak_bytes / real - 1) < 0.15, (estimate.peak_bytes, real)
+    fewer = estimate_sampling_window(model_class, config, (16, 24, 24), 1, "bf16", mirrors=2)
+    assert fewer.peak_bytes < estimate.peak_bytes
+
+
+def test_live_bytes_counts_each_storage_once_while_it_lives():
+    with LiveBytes() as tracker:
+        a = torch.zeros(1000)  # 4000 bytes
+        view = a[10:]  # shares a's storage
+        a.add_(1)  # in place: no new storage
+        b = a * 2  # 4000 more
+        assert tracker.current == 8000
+        del a
+        assert tracker.current == 8000  # the view keeps a's storage alive
+        del view
+        assert tracker.current == 4000
+    assert tracker.peak == 8000
+    del b
+    assert tracker.current == 0
+
+
+def test_bad_requests_are_refused():
+    model_class, config = _tiny()
+    with pytest.raises(ValueError, match="resolved precision"):
+        estimate_train_step(model_class, config, (16, 24, 24), 2, "auto")
+    with pytest.raises(ValueError, match="mirrors"):
+        estimate_sampling_window(model_class, config, (16, 24, 24), 1, "fp32", mirrors=3)
+    with pytest.raises(ValueError, match="patch size"):
+        estimate_train_step(model_class, config, (15, 24, 24), 2, "fp32")
+
+
+def test_fits_on_card():
+    gib = 2 ** 30
+    assert fits_on_card(20 * gib, 24) and not fits_on_card(21 * gib, 24)  # 20 * 1.1 + 1 = 23 <= 24 < 24.1
+
+
+def test_bench_memory_writes_its_rows(repo_root, tmp_path):
+    out = tmp_path / "memory.json"
+    result = subprocess.run([sys.executable, "benchmarks/bench_memory.py", "--preset=tiny", "--train_patches=[[16,24,24]]",
+                             "--precisions=['fp32']", "--sampling_patch=[16,24,24]", "--mirrors=[1]", f"--json={out}"],
+                            cwd=repo_root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())
+    assert [r["what"] for r in rows] == ["train_step", "sampling_window"]
+    for row in rows:
+        assert {"what", "preset", "patch_size", "batch_size", "precision", "mirrors", "peak_gib"} <= set(row)
+        assert row["preset"] == "tiny" and row["patch_size"] == [16, 24, 24] and row["peak_gib"] > 0
+    assert rows[0]["peak_gib"] > rows[1]["peak_gib"]  # training keeps activations, gradients, momentum
