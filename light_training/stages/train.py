@@ -75,8 +75,9 @@ def patch_and_batch(config: dict[str, Any], plans: dict[str, Any], model) -> tup
 
 def _check_memory(c: dict[str, Any], plans: dict[str, Any], model, patch: list[int], batch: int, device,
                   is_main: bool) -> None:
-    """Print the plan beside the settings, warn when explicit settings exceed the plan's memory target, and
-    stop (:class:`StageFailed`) on a GPU whose free memory is below the step's estimated peak."""
+    """Print the plan beside the settings; on a GPU, estimate the step's peak, warn when explicit settings
+    exceed the plan's memory target, and stop (:class:`StageFailed`) when the free memory is below it.
+    No estimate on the CPU (it takes seconds, and the target is a GPU's)."""
     from diffunet.presets import total_strides
 
     network = plans.get("network")
@@ -84,12 +85,10 @@ def _check_memory(c: dict[str, Any], plans: dict[str, Any], model, patch: list[i
     if is_main and network is not None and not (planned and c.get("planned_network")):
         print(f"the plan for this dataset (--planned_network=True --patch_size=None --batch_size=None): "
               f"{describe_network(network)}")
+    if device.type != "cuda":
+        return
     options = {k: c.get(k) for k in ("mc_chunk", "checkpointing", "accumulate_steps")}
-    if device.type != "cuda" and (planned or network is None):
-        return  # nothing to check: no GPU, and the plan's own settings fit its target by construction
-    precision = resolve_precision(c["precision"], device) if device.type == "cuda" else (
-        network["precision"] if c["precision"] == "auto" else c["precision"])
-    estimate = step_peak_bytes(model, precision)
+    estimate = step_peak_bytes(model, resolve_precision(c["precision"], device))
     if network is not None and not planned and is_main:
         warning = over_budget_warning(estimate(patch, batch, options), network, patch, batch)
         if warning:

@@ -23,13 +23,18 @@ StepEstimator = Callable[[Sequence[int], int, dict], int]
 
 
 def step_peak_bytes(model: torch.nn.Module, precision: str) -> StepEstimator:
-    """The estimator of ``model``'s training step in ``precision`` ("fp32", "bf16", "fp16")."""
+    """The estimator of ``model``'s training step in ``precision`` ("fp32", "bf16", "fp16"), cached."""
     from light_training.memory import estimate_train_step
 
+    cache: dict[tuple, int] = {}
+
     def estimate(patch_size: Sequence[int], batch_size: int, options: dict) -> int:
-        return estimate_train_step(type(model).__name__, model.config, list(patch_size), int(batch_size), precision,
-                                   mc_chunk=options.get("mc_chunk"),
-                                   checkpointing=bool(options.get("checkpointing"))).peak_bytes
+        key = (tuple(patch_size), int(batch_size), options.get("mc_chunk"), bool(options.get("checkpointing")))
+        if key not in cache:
+            cache[key] = estimate_train_step(type(model).__name__, model.config, list(patch_size), int(batch_size),
+                                             precision, mc_chunk=options.get("mc_chunk"),
+                                             checkpointing=bool(options.get("checkpointing"))).peak_bytes
+        return cache[key]
     return estimate
 
 
