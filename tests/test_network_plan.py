@@ -8,9 +8,11 @@ tests/test_own_dataset.py and below.
 import math
 
 import pytest
+import torch
 
 from light_training.preprocessing.network_plan import network_topology, plan_network, planned_model_options
-from light_training.training.memory_check import GIB, memory_verdict, over_budget_warning, settings_to_try
+from light_training.training.memory_check import (GIB, check_gpu_memory, memory_verdict, over_budget_warning,
+                                                  settings_to_try)
 
 
 def linear_estimator(model_class, model_config, patch_size, batch_size, precision):
@@ -102,3 +104,46 @@ def test_memory_verdict_stops_with_the_settings_that_fit():
     tried = settings_to_try([64, 64, 64], 1, [16, 16, 16], {"mc_chunk": 1, "checkpointing": True, "accumulate_steps": 2})
     assert [name for name, *_ in tried] == ["--patch_size=[48, 64, 64]", "--patch_size=[48, 48, 64]",
                                              "--patch_size=[48, 48, 48]"]
+
+
+def test_check_gpu_memory_estimates_the_alternatives_only_when_needed():
+    calls = []
+
+    def estimate(patch, batch, options):  # 12 GiB at 128^3 x 2; mc_chunk=1 saves a third, checkpointing half
+        calls.append((tuple(patch), batch, dict(options)))
+        scale = (2 / 3 if options.get("mc_chunk") == 1 else 1) * (0.5 if options.get("checkpointing") else 1)
+        return int(12 * GIB * scale * batch / 2 * math.prod(patch) / 128 ** 3)
+
+    options = {"mc_chunk": None, "checkpointing": False, "accumulate_steps": 1}
+    cpu = torch.device("cpu")
+    assert check_gpu_memory(cpu, estimate, [128] * 3, 2, [32] * 3, options) is None and not calls  # no GPU, no estimate
+    assert check_gpu_memory(cpu, estimate, [128] * 3, 2, [32] * 3, options, free_bytes=16 * GIB) is None
+    assert len(calls) == 1
+    calls.clear()
+    message = check_gpu_memory(cpu, estimate, [128] * 3, 2, [32] * 3, options, free_bytes=10 * GIB)
+    assert "12.0 GiB" in message and "10.0 GiB free" in message
+    assert "--mc_chunk=1 (8.0 GiB)" in message and "--checkpointing=True (6.0 GiB)" in message
+    assert "--batch_size=1 --accumulate_steps=2 (6.0 GiB)" in message
+    assert len(calls) == 4  # the step, then alternatives until three fit
+
+
+def test_training_takes_the_plans_patch_and_batch(tmp_path):
+    from diffunet import build_network
+    from light_training.stages.train import build_training_network, patch_and_batch
+
+    network = plan_network((24, 56, 44), (4.0, 1.0, 1.0), 1, 2, 20, 5, linear_estimator)
+    plans = {"dataset": "example", "channel_names": ["MRI"], "num_classes": 2, "network": network}
+    config = {"model_variant": "unet", "model_preset": "tiny", "mba": True, "mc_diff": True,
+              "boundary_target": "boundary", "planned_network": True, "patch_size": None, "batch_size": None}
+    model = build_training_network(config, plans)
+    assert model.config["strides"] == network["strides"] and model.config["kernel_size"] == network["kernel_sizes"]
+    assert model.config["features"] == [8, 16, 32, 64]
+    assert patch_and_batch(config, plans, model) == (network["patch_size"], network["batch_size"])
+    assert patch_and_batch({**config, "patch_size": [8, 16, 16], "batch_size": 3}, plans, model) == ([8, 16, 16], 3)
+    with pytest.raises(ValueError, match="multiple"):
+        patch_and_batch({**config, "patch_size": [10, 16, 16]}, plans, model)
+    paper = build_network("unet", 1, 2)  # the paper's network (total stride 32) cannot divide the plan's 24 x 56 x 40
+    with pytest.raises(ValueError, match="patch_size=None takes the plan's patch"):
+        patch_and_batch({**config, "planned_network": False}, plans, paper)
+    with pytest.raises(ValueError, match="holds no planned network"):
+        build_training_network(config, {**plans, "network": None})
