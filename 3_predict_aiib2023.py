@@ -36,7 +36,7 @@ save_uncertainty = False  # also <case>_uncertainty.nii.gz (in [0, 1]; the metri
 save_preview = False  # also <case>_preview.png: slices with ground truth, prediction and uncertainty
 skip_bad_cases = False  # True: predict the usable scans of input_dir and list the others; False: stop before any work
 nonfinite = "error"  # NaN/Inf voxels in a scan: "error", or "replace" by the scan's minimum (with a warning)
-device = "cuda:0"  # falls back to the CPU when CUDA is absent
+device = "cuda:0"  # "cpu" without a GPU (a GPU that cannot be used is an error)
 num_threads = None  # CPU threads of torch; None: torch's default
 
 run(predict, globals())

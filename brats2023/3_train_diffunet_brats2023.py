@@ -23,7 +23,7 @@ logdir = "./logs/diffunet_brats2023"  # checkpoints in <logdir>/model/, tensorbo
 max_epoch = 1000  # epochs of num_iterations_per_epoch steps
 batch_size = 2  # patches per step (per GPU under torchrun); None: the plan's (plans.json "network")
 val_every = 2  # validate (sampling on foreground patches of the held-out fold) every this many epochs
-device = "cuda:0"  # falls back to the CPU when CUDA is absent; under torchrun each rank takes cuda:LOCAL_RANK
+device = "cuda:0"  # "cpu" without a GPU (a GPU that cannot be used is an error); under torchrun each rank takes cuda:LOCAL_RANK
 patch_size = [128, 128, 128]  # training patch (z, y, x), the paper's; must suit the model (divisible by 32 for "paper"); None: the plan's
 augmentation = True  # nnU-Net's augmentation recipe; False: plain patches
 oversample_foreground = 0.33  # share of training patches centred on a foreground voxel (nnU-Net's 0.33)
@@ -41,7 +41,10 @@ resume = False  # True: continue <logdir>/model/latest.pt (epoch, LR schedule, o
 seed = 0  # seeds weights, patches, augmentation and diffusion noise
 lr = 1e-2  # initial learning rate of SGD (Nesterov, momentum 0.99), poly decay to 0 at max_epoch
 num_val_patches = 50  # validation patches (fixed, foreground-centred) for the pseudo Dice
-precision = "auto"  # "auto" (bf16 where the hardware has it, fp16 on older GPUs), "fp32", "bf16" or "fp16"
+precision = "auto"  # "auto" (bf16 where the hardware has it, fp16 on GPUs older than compute capability 8.0), "fp32" (IEEE, no TF32), "bf16" or "fp16"
 num_threads = None  # CPU threads of torch; None: torch's default (fewer than the cores keep a busy machine steady)
+accumulate_steps = 1  # batches per optimizer step (gradients averaged): effective batch batch_size x this x GPUs
+mc_chunk = None  # MC-Diff passes run at once (None: all K in one batch; 1: one at a time, less memory, same loss)
+checkpointing = False  # activation checkpointing of the U-Net stages: less memory, about a third more compute
 
 run(train, globals())

@@ -63,6 +63,8 @@ class DiffUNet(nn.Module):
         self.denoiser = DenoiseUNet(c["in_channels"], self.num_classes, c["features"], strides, c["convs_per_stage"],
                                     kernels, c["time_dim"], c["time_fourier_dim"], c["mba"])
         self.label_embedding = LabelEmbedding(self.num_classes, c["bit_scale"])
+        # run-time memory settings, not architecture (kept out of config): diffunet.set_memory_options
+        self.mc_chunk: int | None = None
 
     # ---------------------------------------------------------------- checks
     def check_patch_size(self, patch_size: Sequence[int]) -> None:
@@ -73,7 +75,9 @@ class DiffUNet(nn.Module):
         if label.shape != (image.shape[0], *image.shape[2:]):
             raise ValueError(f"label must be (B, D, H, W) = {(image.shape[0], *image.shape[2:])}, "
                              f"got {tuple(label.shape)}")
-        if is_fake(label) or label.is_meta:  # memory estimation (light_training.memory): shapes, no values
+        # the values are checked where reading them is free: not on a GPU, where it would stall every step
+        # (the trainer checks the host copy), nor on fake tensors (light_training.memory), which have none
+        if label.is_cuda or is_fake(label) or label.is_meta:
             return
         lo, hi = torch.aminmax(label)
         if lo < 0 or hi >= self.num_classes:
@@ -117,14 +121,31 @@ class DiffUNet(nn.Module):
         logits = self.denoiser(image, noise_labels(x0, t), t, terms)
         uncertainty = None
         if c["mc_diff"]:
-            k = c["mc_samples"]
-            with torch.no_grad():  # K passes in one batch, copy-major (index k * B + b)
-                t_k = torch.rand(k * image.shape[0], device=image.device) * T_MAX
-                x_k = noise_labels(x0.detach().repeat(k, 1, 1, 1, 1), t_k)
-                logits_k = self.denoiser(image.repeat(k, 1, 1, 1, 1), x_k, t_k, terms)
-                mean_logits = logits_k.unflatten(0, (k, image.shape[0])).float().mean(0)
-                uncertainty = normalized_entropy(torch.softmax(mean_logits, dim=1))
+            with torch.no_grad():
+                uncertainty = normalized_entropy(torch.softmax(self._mc_mean_logits(image, x0, terms), dim=1))
         return DiffUNetOutput(logits, boundary_logits, target, uncertainty)
+
+    def _mc_mean_logits(self, image: torch.Tensor, x0: torch.Tensor, terms: list[torch.Tensor] | None) -> torch.Tensor:
+        """MC-Diff: the mean logits (B, K, D, H, W) float32 of ``mc_samples`` denoiser passes at independent t.
+        The passes run copy-major (index k * B + b) in batches of ``self.mc_chunk`` passes (None: all at
+        once); the times and noise are drawn for all passes first, so the result does not depend on it."""
+        k, b = self.config["mc_samples"], image.shape[0]
+        chunk = k if self.mc_chunk is None else min(int(self.mc_chunk), k)
+        t_k = torch.rand(k * b, device=image.device) * T_MAX
+        x0_k = x0.detach().repeat(k, 1, 1, 1, 1)  # (k * B, K, D, H, W)
+        noise = torch.randn_like(x0_k)
+        if chunk == k:  # one batch of k * B
+            logits_k = self.denoiser(image.repeat(k, 1, 1, 1, 1), noise_labels(x0_k, t_k, noise), t_k, terms)
+            return logits_k.unflatten(0, (k, b)).float().mean(0)
+        total = None
+        for start in range(0, k, chunk):
+            n = min(chunk, k - start)
+            rows = slice(start * b, (start + n) * b)
+            logits_n = self.denoiser(image.repeat(n, 1, 1, 1, 1), noise_labels(x0_k[rows], t_k[rows], noise[rows]),
+                                     t_k[rows], terms)
+            part = logits_n.unflatten(0, (n, b)).float().sum(0)
+            total = part if total is None else total + part
+        return total / k
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()

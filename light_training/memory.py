@@ -166,7 +166,7 @@ def _check(patch_size: Sequence[int], batch_size: int, precision: str) -> tuple[
 
 
 def _network(model_class: str, model_config: dict[str, Any], patch: tuple[int, ...]) -> torch.nn.Module:
-    from diffunet.networks import network_from_config
+    from diffunet import network_from_config
 
     model = network_from_config(model_class, model_config)
     model.check_patch_size(patch)
@@ -178,6 +178,8 @@ def train_step_setup(model_class: str, model_config: dict[str, Any], patch_size:
     """The network, its SGD optimizer with momentum buffers (as after a first step) and one random batch
     (image ``(B, C, *patch)``, label ``(B, *patch)``) on the CPU: what :func:`train_step` runs on."""
     patch = tuple(int(p) for p in patch_size)
+    from diffunet import set_memory_options
+
     model = _network(model_class, model_config, patch)
     set_memory_options(model, mc_chunk=mc_chunk, checkpointing=checkpointing)
     params = list(model.parameters())
@@ -292,9 +294,3 @@ def measure_cpu_peak(step: Callable[[], Any], live_before: int) -> int:
         running += size
         peak = max(peak, running)
     return live_before + peak
-
-
-def set_memory_options(model: torch.nn.Module, mc_chunk: int | None = None, checkpointing: bool = False) -> None:
-    """The training memory options (not there yet: only the defaults are accepted)."""
-    if mc_chunk is not None or checkpointing:
-        raise ValueError("mc_chunk and checkpointing are not implemented yet")

@@ -1,8 +1,8 @@
 """Where and how the networks run: device, precision, threads, seeding, torchrun, torch.compile.
 
 One vocabulary for training and prediction: ``precision`` is "auto", "fp32", "bf16" or "fp16".
-"auto" means bf16 autocast where the hardware runs it natively (CUDA GPUs with bf16, CPUs with
-AVX512-BF16 or AMX), fp16 on older CUDA GPUs, and fp32 elsewhere (benchmarks/bench_speed.py measured
+"auto" means bf16 autocast where the hardware runs it natively (CUDA GPUs of compute capability 8.0
+and newer, CPUs with AVX512-BF16 or AMX), fp16 on older CUDA GPUs, and fp32 elsewhere (benchmarks/bench_speed.py measured
 the CPU gains: 2.3x for sampling, 2.3x for a training step).
 """
 from __future__ import annotations
@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-__all__ = ["PRECISIONS", "resolve_device", "cpu_has_bf16", "resolve_precision", "autocast_context",
+__all__ = ["PRECISIONS", "device_problem", "resolve_device", "cpu_has_bf16", "cuda_precision", "resolve_precision",
+           "backend_settings", "configure_backends", "autocast_context",
            "compile_for_inference", "seed_everything", "set_cpu_threads", "DistInfo", "setup_distributed",
            "cleanup_distributed"]
 
@@ -25,15 +26,42 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def device_problem(requested: str, cuda_built: bool, gpu_count: int, cuda_version: str | None = None) -> str | None:
+    """Why the device ``requested`` ("cuda", "cuda:1", "cpu", ...) cannot be used, or None when it can.
+
+    ``cuda_built``: this torch was built with CUDA; ``gpu_count``: the GPUs it can use (0 when the driver
+    is missing or too old for ``cuda_version``, the CUDA of this build).
+    """
+    if not requested.startswith("cuda"):
+        return None
+    fix = "or set --device=cpu to run on the CPU"
+    if not cuda_built:
+        return (f"device={requested!r}, but this torch ({torch.__version__}) is a CPU build without CUDA: install the "
+                f"CUDA build (TORCH_BUILD=cuda tools/setup_env.sh) {fix}")
+    if gpu_count == 0:
+        return (f"device={requested!r}, but this torch (built for CUDA {cuda_version}) finds no GPU it can use: no "
+                f"NVIDIA driver, or one older than CUDA {cuda_version} needs (nvidia-smi shows the driver and the "
+                f"newest CUDA it runs). Update the driver, install a torch built for an older CUDA (see "
+                f"tools/setup_env.sh, CUDA_TORCH), {fix}")
+    index = torch.device(requested).index
+    if index is not None and index >= gpu_count:
+        return (f"device={requested!r}, but there {'is' if gpu_count == 1 else 'are'} only {gpu_count} GPU(s) here "
+                f"(cuda:0 to cuda:{gpu_count - 1}; CUDA_VISIBLE_DEVICES may hide some): pick one of them {fix}")
+    return None
+
+
 def resolve_device(requested: str) -> torch.device:
-    """``"cuda:0"``-style request, falling back to the CPU (with a note) when CUDA is absent."""
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        print(f"note: {requested} requested but CUDA is not available; running on the CPU")
-        return torch.device("cpu")
+    """The ``torch.device`` of a "cuda:0"-style request; ``ValueError`` naming what is missing (a CUDA
+    build, a driver, that GPU) when it cannot be used: a GPU run never falls back to the CPU silently."""
     try:
-        return torch.device(requested)
+        device = torch.device(requested)
     except RuntimeError as err:
         raise ValueError(f"device={requested!r}: not a device ({err}); e.g. 'cuda:0' or 'cpu'") from None
+    built = torch.backends.cuda.is_built()
+    problem = device_problem(requested, built, torch.cuda.device_count() if built else 0, torch.version.cuda)
+    if problem:
+        raise ValueError(problem)
+    return device
 
 
 def cpu_has_bf16() -> bool:
@@ -41,15 +69,61 @@ def cpu_has_bf16() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``precision`` with "auto" replaced by what ``device`` runs best: "bf16", "fp16" or "fp32"."""
+def cuda_precision(precision: str, capability: tuple[int, int]) -> str:
+    """The precision a CUDA GPU of compute ``capability`` (major, minor) runs for the request ``precision``.
+
+    bf16 needs compute capability 8.0 (Ampere) or newer: cuDNN has no bf16 convolutions below (V100,
+    T4, RTX 20xx, Quadro RTX), where ``torch.cuda.is_bf16_supported()`` still says yes (it counts
+    emulation). "auto": bf16 from 8.0, fp16 (with a GradScaler in training) below; an explicit "bf16"
+    below 8.0 is refused.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: expected one of {list(PRECISIONS)}")
+    native_bf16 = tuple(capability) >= (8, 0)
+    if precision == "auto":
+        return "bf16" if native_bf16 else "fp16"
+    if precision == "bf16" and not native_bf16:
+        major, minor = capability
+        raise ValueError(f"precision='bf16', but this GPU (compute capability {major}.{minor}) has no bf16 "
+                         f"convolutions (they need 8.0, Ampere or newer): use precision='fp16' or 'auto' "
+                         f"(fp16 with a gradient scaler there), or 'fp32'")
+    return precision
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``precision`` with "auto" replaced by what ``device`` runs best: "bf16", "fp16" or "fp32"
+    (on CUDA: :func:`cuda_precision` of that device's capability)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected one of {list(PRECISIONS)}")
+    if device.type == "cuda":
+        return cuda_precision(precision, torch.cuda.get_device_capability(device))
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+
+
+def backend_settings(device_type: str, precision: str) -> dict[str, bool]:
+    """How cuDNN runs for a resolved ``precision`` ("fp32", "bf16", "fp16") on ``device_type``.
+
+    ``cudnn_benchmark``: on CUDA, time the convolution algorithms once per shape and keep the fastest
+    (every shape here is fixed: the training patch, the sliding window). ``tf32``: TF32 tensor cores
+    for float32 convolutions and matmuls (Ampere and newer), only under bf16/fp16 autocast, where the
+    float32 that is left (losses, MBA) was asked to be fast; "fp32" means IEEE float32.
+    """
+    cuda = device_type == "cuda"
+    return {"cudnn_benchmark": cuda, "tf32": cuda and precision != "fp32"}
+
+
+def configure_backends(device: torch.device, precision: str) -> dict[str, bool]:
+    """Apply :func:`backend_settings` for ``device`` and the resolved ``precision`` (process-wide); returns them.
+    Call it once a stage knows both (training and prediction)."""
+    settings = backend_settings(device.type, precision)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = settings["cudnn_benchmark"]
+        mode = "tf32" if settings["tf32"] else "ieee"
+        torch.backends.cudnn.fp32_precision = mode  # convolutions (and RNNs); torch's newer TF32 switches,
+        torch.backends.cuda.matmul.fp32_precision = mode  # not the legacy allow_tf32 (the two do not mix)
+    return settings
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -90,12 +90,14 @@ def test_fits_on_card():
 def test_bench_memory_writes_its_rows(repo_root, tmp_path):
     out = tmp_path / "memory.json"
     result = subprocess.run([sys.executable, "benchmarks/bench_memory.py", "--preset=tiny", "--train_patches=[[16,24,24]]",
-                             "--precisions=['fp32']", "--sampling_patch=[16,24,24]", "--mirrors=[1]", f"--json={out}"],
+                             "--precisions=['fp32']", "--mc_chunks=[None,1]", "--checkpointing=[False]",
+                             "--sampling_patch=[16,24,24]", "--mirrors=[1]", f"--json={out}"],
                             cwd=repo_root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.read_text())
-    assert [r["what"] for r in rows] == ["train_step", "sampling_window"]
+    assert [r["what"] for r in rows] == ["train_step", "train_step", "sampling_window"]
+    assert [r["mc_chunk"] for r in rows[:2]] == [None, 1] and rows[1]["peak_gib"] < rows[0]["peak_gib"]
     for row in rows:
         assert {"what", "preset", "patch_size", "batch_size", "precision", "mirrors", "peak_gib"} <= set(row)
         assert row["preset"] == "tiny" and row["patch_size"] == [16, 24, 24] and row["peak_gib"] > 0
-    assert rows[0]["peak_gib"] > rows[1]["peak_gib"]  # training keeps activations, gradients, momentum
+    assert rows[0]["peak_gib"] > rows[2]["peak_gib"]  # training keeps activations, gradients, momentum

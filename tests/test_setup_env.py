@@ -76,9 +76,10 @@ def test_failing_nvidia_smi_means_cpu(repo_root, tmp_path):
     assert ".venv/bin/python -m pip install torch==2.13.0" in plan
 
 
-def test_working_nvidia_smi_takes_requirements_as_they_are(repo_root, working_nvidia_smi):
+def test_working_nvidia_smi_takes_the_tested_torch_then_requirements(repo_root, working_nvidia_smi):
     plan = print_plan(repo_root, working_nvidia_smi)
-    assert plan == ["python3 -m venv .venv", ".venv/bin/python -m pip install -r requirements.txt"]
+    assert plan == ["python3 -m venv .venv", ".venv/bin/python -m pip install torch==2.13.0",
+                    ".venv/bin/python -m pip install -r requirements.txt"]  # the tested version, CUDA build
 
 
 def test_torch_build_overrides_the_detection(repo_root, working_nvidia_smi, no_nvidia_smi):
@@ -143,3 +144,10 @@ def test_missing_venv_module_is_said_clearly(repo_copy, tmp_path):
     assert result.returncode == 1
     assert not (repo_copy / ".venv").exists()
     assert "-m venv' is not available" in result.stderr and "python3-venv" in result.stderr
+
+
+def test_the_pinned_torch_is_the_one_the_tests_run_on(repo_root):
+    import torch
+
+    line = next(l for l in (repo_root / SCRIPT).read_text().splitlines() if l.startswith("TESTED_TORCH="))
+    assert line.split('"')[1] == f"torch=={torch.__version__.split('+')[0]}"

@@ -9,6 +9,9 @@
 #   TORCH_BUILD=auto|cpu|cuda  auto (default): cuda where `nvidia-smi` runs, cpu elsewhere
 #   CPU_TORCH="torch==2.13.0"  what the CPU plan asks pip for first (e.g. add
 #                              "--index-url <PyTorch's CPU index>" where pip would take a CUDA build)
+#   CUDA_TORCH="torch==2.13.0" what the CUDA plan asks pip for first: the version CI tests on the CPU, so a
+#                              GPU runs the code that was tested (for an older driver add PyTorch's index of
+#                              an older CUDA, e.g. "--index-url https://download.pytorch.org/whl/cu126")
 #   PYTHON=python3             the interpreter that creates .venv
 set -euo pipefail
 shopt -s inherit_errexit 2>/dev/null || true  # a failure inside $(...) stops the script too (bash >= 4.4)
@@ -19,7 +22,9 @@ cd "$here/.."
 
 PYTHON="${PYTHON:-python3}"
 TORCH_BUILD="${TORCH_BUILD:-auto}"
-CPU_TORCH="${CPU_TORCH:-torch==2.13.0}"  # the torch CI tests; on this kind of machine a local CPU wheel
+TESTED_TORCH="torch==2.13.0"  # the torch CI tests (its CPU build); GPU set-ups get the same version
+CPU_TORCH="${CPU_TORCH:-$TESTED_TORCH}"  # on this kind of machine a local CPU wheel
+CUDA_TORCH="${CUDA_TORCH:-$TESTED_TORCH}"
 VENV=.venv
 STAMP="$VENV/.setup_env.stamp"
 # Declares timm, whose torchvision does not import beside the CPU torch; the project imports neither.
@@ -50,6 +55,9 @@ plan() {
     build="$(torch_build)"
     echo "$PYTHON -m venv $VENV"
     if [[ $build == cuda ]]; then
+        # pinned first: `torch>=2.1` alone would take the newest wheel, untested here and perhaps too new
+        # for the driver
+        echo "$VENV/bin/python -m pip install $CUDA_TORCH"
         echo "$VENV/bin/python -m pip install -r requirements.txt"
     else
         no_deps="$(no_deps_requirement)"

@@ -4,13 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from diffunet import set_memory_options
 from light_training.checkpoint import archive_previous_run
 from light_training.datasets import load_dataset
 from light_training.io import read_json
 from light_training.preprocessing.network_plan import describe_network, planned_model_options
 from light_training.preprocessing.planning import plans_path
-from light_training.runtime import (cleanup_distributed, resolve_device, resolve_precision, seed_everything,
-                                   set_cpu_threads, setup_distributed)
+from light_training.runtime import (cleanup_distributed, configure_backends, resolve_device, resolve_precision,
+                                    seed_everything, set_cpu_threads, setup_distributed)
 from light_training.stages import StageFailed, write_config
 from light_training.training.augmentation import make_training_stream
 from light_training.training.dataloading import ValidationPatches
@@ -115,6 +116,7 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
     try:
         plans = load_plans(c["data_dir"], c["dataset"])
         model = build_training_network(c, plans)
+        set_memory_options(model, mc_chunk=c["mc_chunk"], checkpointing=c["checkpointing"])
         patch, batch = patch_and_batch(c, plans, model)
         _check_memory(c, plans, model, patch, batch, device, dist.is_main)
         c = {**c, "patch_size": patch, "batch_size": batch}  # resolved: the checkpoint's config tells prediction
@@ -129,8 +131,9 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
         dist.barrier()
         settings = TrainSettings(max_epoch=c["max_epoch"], num_iterations_per_epoch=c["num_iterations_per_epoch"],
                                  batch_size=batch, val_every=c["val_every"], lr=c["lr"],
-                                 precision=c["precision"], seed=c["seed"])
+                                 precision=c["precision"], seed=c["seed"], accumulate_steps=c["accumulate_steps"])
         trainer = Trainer(model, settings, c["logdir"], plans, c, device, dist)
+        configure_backends(device, trainer.precision)  # cudnn.benchmark; TF32 only under bf16/fp16
         if c["resume"]:
             trainer.resume()
         stream = make_training_stream(c["data_dir"], train_cases, patch, batch, c["augmentation"],
@@ -143,8 +146,10 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
         if dist.is_main:
             print(f"fold {c['fold']}: {len(train_cases)} training cases, {len(val_cases)} validation cases; "
                   f"{c['model_variant']} ({c['model_preset']}"
-                  f"{', planned network' if c.get('planned_network') else ''}), patch {patch} x batch {batch} on {device} x {dist.world_size}, precision "
-                  f"{c['precision']}; epochs {trainer.start_epoch + 1}..{c['max_epoch']}")
+                  f"{', planned network' if c.get('planned_network') else ''}) on {device} x {dist.world_size}, "
+                  f"precision {c['precision']}; patch {patch}, effective batch {trainer.effective_batch} (batch_size "
+                  f"{batch} x accumulate_steps {c['accumulate_steps']} x {dist.world_size} processes); "
+                  f"epochs {trainer.start_epoch + 1}..{c['max_epoch']}")
         result = trainer.fit(stream, validation)
     except TrainingStopped as err:
         raise StageFailed(str(err)) from None

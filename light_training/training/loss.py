@@ -77,7 +77,7 @@ def diffunet_loss(output: DiffUNetOutput, label: torch.Tensor, epoch: float, max
     else:
         # the uncertainty comes from no-grad passes: a weight, not a quantity to optimise
         uncertainty_ce = (ce_voxel * output.uncertainty.detach().float()).mean()
-    lam = torch.tensor(uncertainty_lambda(epoch, max_epoch), device=ce.device)
+    lam = ce.new_full((), uncertainty_lambda(epoch, max_epoch))  # a fill on the device, no host copy
     loss = ce + boundary_ce + boundary_dice + lam * uncertainty_ce
     return {"loss": loss, "ce": ce.detach(), "boundary_ce": boundary_ce.detach(),
             "boundary_dice_loss": boundary_dice.detach(), "uncertainty_ce": uncertainty_ce.detach(), "lambda": lam}

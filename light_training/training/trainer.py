@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,8 @@ class TrainSettings:
     grad_clip: float = 12.0  # max gradient norm
     val_steps: int | None = None  # DDIM steps when validating; None: the model's own
     max_consecutive_nonfinite: int = 5  # this many NaN/Inf steps in a row stop training
+    accumulate_steps: int = 1  # batches per optimizer step (gradients averaged): effective batch
+    #                            batch_size x accumulate_steps x GPUs
     precision: str = "auto"  # "auto", "fp32", "bf16", "fp16" (light_training.runtime); fp16 uses a grad scaler
     seed: int = 0
 
@@ -93,9 +95,15 @@ class Trainer:
         dist: this rank's :class:`DistInfo`; ``find_unused_parameters`` is passed to DDP.
     """
 
+    LOSS_DISPLAY_EVERY = 10  # steps between the progress bar's reads of the loss (each a device sync)
+
     def __init__(self, model: torch.nn.Module, settings: TrainSettings, logdir: str | Path, plans: dict[str, Any],
                  config: dict[str, Any], device: torch.device, dist: DistInfo = DistInfo(),
                  find_unused_parameters: bool = False):
+        if isinstance(settings.accumulate_steps, bool) or int(settings.accumulate_steps) != settings.accumulate_steps \
+                or settings.accumulate_steps < 1:
+            raise ValueError(f"accumulate_steps={settings.accumulate_steps!r}: expected an int >= 1 "
+                             f"(batches per optimizer step)")
         self.settings, self.logdir, self.plans, self.config = settings, Path(logdir), plans, config
         self.device, self.dist = device, dist
         self.model = model.to(device)
@@ -120,6 +128,11 @@ class Trainer:
         """The poly LR factor (1 - epoch / max_epoch) ** 0.9 (nnU-Net's schedule)."""
         return max(0.0, 1 - epoch / self.settings.max_epoch) ** self.settings.poly_power
 
+    @property
+    def effective_batch(self) -> int:
+        """Patches per optimizer step: batch_size x accumulate_steps x processes."""
+        return self.settings.batch_size * self.settings.accumulate_steps * self.dist.world_size
+
     # ------------------------------------------------------------------ checkpoints
     @property
     def checkpoint_dir(self) -> Path:
@@ -132,7 +145,7 @@ class Trainer:
                 "settings": asdict(self.settings), "epoch": epochs_done, "best_dice": self.best_dice,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "grad_scaler": self.scaler.state_dict(), "rng": rng_state(), "history": self.history,
-                "world_size": self.dist.world_size}
+                "world_size": self.dist.world_size, "effective_batch": self.effective_batch}
 
     def save(self, name: str, epochs_done: int) -> None:
         if self.dist.is_main:
@@ -174,55 +187,91 @@ class Trainer:
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.device, self.precision)
 
-    def _all_finite(self, value: torch.Tensor) -> bool:
-        """True when ``value`` is finite on every rank (all ranks must skip a step together)."""
-        flag = torch.isfinite(value.detach()).all().float().reshape(1)
+    def _all_finite(self, *values: torch.Tensor) -> bool:
+        """True when every one of ``values`` is finite on every rank (all ranks must skip a step together).
+        The step's one read of a device value: it decides whether the optimizer may step."""
+        flag = torch.stack([torch.isfinite(v.detach()).all() for v in values]).all().float().reshape(1)
         if self.dist.world_size > 1:
             torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
         return bool(flag.item() > 0)
 
-    def train_step(self, batch: dict[str, Any], epoch: int) -> dict[str, float] | None:
+    def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A batch tensor on the device; through pinned memory on CUDA, so the copy does not block."""
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor.to(self.device)
+
+    def _check_label(self, label: torch.Tensor) -> None:
+        """Class indices in [0, num_classes), checked on the host copy (no device read)."""
+        lo, hi = torch.aminmax(label)
+        if lo < 0 or hi >= self.model.num_classes:
+            raise ValueError(f"label values must be class indices in [0, {self.model.num_classes - 1}], "
+                             f"got range [{int(lo)}, {int(hi)}]")
+
+    def train_step(self, batch: dict[str, Any] | Sequence[dict[str, Any]], epoch: int) -> dict[str, torch.Tensor] | None:
         """One optimisation step on ``batch`` (``image (B, C, *patch)`` float, ``label (B, *patch)`` class
-        indices); returns the loss terms, or None when the loss or the gradient was NaN/Inf (step skipped)."""
-        image = batch["image"].to(self.device, non_blocking=True)
-        label = batch["label"].to(self.device, non_blocking=True).long()
+        indices), or on a list of ``accumulate_steps`` such micro-batches whose gradients are averaged
+        (as DDP averages those of its ranks). Returns the loss terms (detached device scalars, averaged
+        over the micro-batches), or None when the loss or the gradient was NaN/Inf (step skipped).
+
+        One device value is read per step: whether it is finite (fp16's GradScaler reads its own too).
+        """
+        micro = [batch] if isinstance(batch, dict) else list(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            output = self.net(image, label)
-            terms = training_loss(output, label, epoch, self.settings.max_epoch)
-        if not self._all_finite(terms["loss"]):
-            return None
-        self.scaler.scale(terms["loss"]).backward()
-        self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        totals: dict[str, torch.Tensor] = {}
+        for i, part in enumerate(micro):
+            self._check_label(part["label"])
+            image, label = self._to_device(part["image"]), self._to_device(part["label"]).long()
+            last = i == len(micro) - 1  # DDP all-reduces the gradients on the last micro-batch only
+            sync = self.net.no_sync() if self.dist.world_size > 1 and not last else contextlib.nullcontext()
+            with sync:
+                with self.autocast():
+                    output = self.net(image, label)
+                    terms = training_loss(output, label, epoch, self.settings.max_epoch)
+                del output
+                self.scaler.scale(terms["loss"] / len(micro)).backward()
+            for k, v in terms.items():
+                v = v.detach().float() / len(micro)
+                totals[k] = v if k not in totals else totals[k] + v
         if self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # skips by itself on inf gradients (normal with fp16)
+            # inf gradients are normal with fp16 (the scaler skips the step and lowers the scale); a
+            # non-finite loss is not
+            if not self._all_finite(totals["loss"]):
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+            self.scaler.step(self.optimizer)
             self.scaler.update()
-        elif math.isfinite(float(grad_norm)):
-            self.optimizer.step()
-        else:
+            return totals
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        if not self._all_finite(totals["loss"], grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             return None
-        return {k: float(v.detach()) for k, v in terms.items()}
+        self.optimizer.step()
+        return totals
 
     def train_epoch(self, batches: Iterator[dict[str, Any]], epoch: int) -> dict[str, float]:
-        """``num_iterations_per_epoch`` steps; the mean of every loss term over the steps (and ranks)."""
+        """``num_iterations_per_epoch`` steps of ``accumulate_steps`` batches each; the mean of every loss
+        term over the steps (and ranks). The terms stay on the device until the epoch's end (the progress
+        bar reads the loss every ``LOSS_DISPLAY_EVERY`` steps)."""
         s = self.settings
         self.net.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         done, skipped, data_time = 0, 0, 0.0
         bar = tqdm(range(s.num_iterations_per_epoch), desc=f"epoch {epoch + 1}/{s.max_epoch}", leave=False,
                    disable=not self.dist.is_main, dynamic_ncols=True)
         for step in bar:
             start = time.perf_counter()
-            batch = next(batches)
+            micro = [next(batches) for _ in range(s.accumulate_steps)]
             data_time += time.perf_counter() - start
-            terms = self.train_step(batch, epoch)
+            terms = self.train_step(micro, epoch)
             if terms is None:
                 skipped, self.nonfinite_in_a_row = skipped + 1, self.nonfinite_in_a_row + 1
                 if self.dist.is_main:
+                    keys = [b.get("keys") for b in micro] if len(micro) > 1 else micro[0].get("keys")
                     warnings.warn(f"epoch {epoch + 1} step {step + 1}: loss or gradient is NaN/Inf "
-                                  f"(cases {batch.get('keys')}); step skipped", RuntimeWarning, stacklevel=2)
+                                  f"(cases {keys}); step skipped", RuntimeWarning, stacklevel=2)
                 if self.nonfinite_in_a_row >= s.max_consecutive_nonfinite:
                     latest = self.checkpoint_dir / "latest.pt"
                     kept = (f"the last good checkpoint, {latest} ({epoch} epochs done), is kept" if latest.is_file()
@@ -235,17 +284,19 @@ class Trainer:
             self.nonfinite_in_a_row = 0
             done += 1
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{terms['loss']:.4f}")
+                sums[k] = v.double() if k not in sums else sums[k] + v.double()
+            if step % self.LOSS_DISPLAY_EVERY == 0:
+                bar.set_postfix(loss=f"{float(terms['loss']):.4f}")
         keys = list(sums)  # the loss's own order; the same on every rank (steps are skipped together)
-        means = torch.tensor([sums.get(k, 0.0) for k in keys] + [done, skipped, data_time],
-                             dtype=torch.float64, device=self.device)
+        extra = torch.tensor([done, skipped, data_time], dtype=torch.float64, device=self.device)
+        means = torch.cat([torch.stack([sums[k] for k in keys]).to(self.device), extra]) if keys else extra
         if self.dist.world_size > 1:
             torch_dist.all_reduce(means)
-        total = max(float(means[len(keys)]), 1.0)
-        result = {f"train/{k}": float(means[i]) / total for i, k in enumerate(keys)}
-        result["steps/skipped"] = float(means[len(keys) + 1])
-        result["time/data_s"] = float(means[len(keys) + 2]) / self.dist.world_size
+        means = means.tolist()  # the epoch's one read of the loss terms
+        total = max(means[len(keys)], 1.0)
+        result = {f"train/{k}": means[i] / total for i, k in enumerate(keys)}
+        result["steps/skipped"] = means[len(keys) + 1]
+        result["time/data_s"] = means[len(keys) + 2] / self.dist.world_size
         return result
 
     # ------------------------------------------------------------------ validation
@@ -311,8 +362,7 @@ class Trainer:
                         monitor.log_images(epoch, slices)
                 seconds = time.perf_counter() - start
                 scalars["time/epoch_s"] = seconds
-                scalars["time/patches_per_s"] = (s.num_iterations_per_epoch * s.batch_size * self.dist.world_size
-                                                 / seconds)
+                scalars["time/patches_per_s"] = s.num_iterations_per_epoch * self.effective_batch / seconds
                 self.scheduler.step()
                 monitor.log_epoch(epoch, scalars)
                 self.history = monitor.history
