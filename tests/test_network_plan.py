@@ -147,3 +147,14 @@ def test_training_takes_the_plans_patch_and_batch(tmp_path):
         patch_and_batch({**config, "planned_network": False}, plans, paper)
     with pytest.raises(ValueError, match="holds no planned network"):
         build_training_network(config, {**plans, "network": None})
+
+
+def test_the_network_is_in_the_plans_hash():
+    from light_training.preprocessing.planning import plans_hash
+
+    base = {"dataset": "example", "channel_names": ["MRI"], "labels": [0, 1], "normalization": ["ZScore"],
+            "target_spacing": [4.0, 1.0, 1.0], "intensity_properties": [None], "resampling": {}}
+    network = plan_network((24, 56, 44), (4.0, 1.0, 1.0), 1, 2, 20, 5, linear_estimator)
+    hashes = {plans_hash({**base, "network": n}) for n in (None, network, {**network, "batch_size": 3},
+                                                           {**network, "kernel_sizes": iso(4)})}
+    assert len(hashes) == 4
