@@ -12,19 +12,19 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from light_training.memory import GIB, fits_on_card
 from light_training.preprocessing.network_plan import describe_network
 
-__all__ = ["GIB", "StepEstimator", "step_peak_bytes", "over_budget_warning", "settings_to_try", "memory_verdict",
+__all__ = ["StepEstimator", "step_peak_bytes", "over_budget_warning", "settings_to_try", "memory_verdict",
            "check_gpu_memory"]
 
-GIB = 1024 ** 3
 # (patch_size, batch_size, memory options {"mc_chunk", "checkpointing"}) -> peak bytes of one training step
 StepEstimator = Callable[[Sequence[int], int, dict], int]
 
 
 def step_peak_bytes(model: torch.nn.Module, precision: str) -> StepEstimator:
     """The estimator of ``model``'s training step in ``precision`` ("fp32", "bf16", "fp16"), cached."""
-    from light_training.memory import estimate_train_step
+    from light_training.memory import estimate_train_step  # torch's fake-tensor machinery: only when estimating
 
     cache: dict[tuple, int] = {}
 
@@ -74,13 +74,18 @@ def settings_to_try(patch_size: Sequence[int], batch_size: int, total_stride: Se
     return out
 
 
+def _fits(peak_bytes: int, free_bytes: int) -> bool:
+    """The estimator's own rule (:func:`light_training.memory.fits_on_card`): the peak plus the allocator's
+    margin and the workspaces the estimate leaves out."""
+    return fits_on_card(peak_bytes, free_bytes / GIB)
+
+
 def memory_verdict(peak_bytes: int, free_bytes: int, tried: list[tuple[str, int]]) -> str | None:
-    """None when a step of ``peak_bytes`` fits the GPU's ``free_bytes``; else why training stops and which
-    of the ``tried`` settings (``(constants, peak bytes)``) fit (the estimator excludes the CUDA context,
-    workspaces and fragmentation: a setting is said to fit with 10 % to spare)."""
-    if peak_bytes <= free_bytes:
+    """None when a step of ``peak_bytes`` fits the GPU's ``free_bytes`` (:func:`_fits`); else why training
+    stops and which of the ``tried`` settings (``(constants, peak bytes)``) fit."""
+    if _fits(peak_bytes, free_bytes):
         return None
-    fit = [(name, peak) for name, peak in tried if peak <= 0.9 * free_bytes]
+    fit = [(name, peak) for name, peak in tried if _fits(peak, free_bytes)]
     lines = [f"a training step needs {peak_bytes / GIB:.1f} GiB by the memory estimator, but the GPU has "
              f"{free_bytes / GIB:.1f} GiB free: stopped before the data loaders start."]
     if fit:
@@ -100,11 +105,11 @@ def check_gpu_memory(device: torch.device, estimate: StepEstimator, patch_size: 
         return None
     free = torch.cuda.mem_get_info(device)[0] if free_bytes is None else free_bytes
     peak = estimate(patch_size, batch_size, options)
-    if peak <= free:
+    if _fits(peak, free):
         return None
     tried: list[tuple[str, int]] = []
     for name, patch, batch, opts in settings_to_try(patch_size, batch_size, total_stride, options):
         tried.append((name, estimate(patch, batch, opts)))
-        if sum(p <= 0.9 * free for _, p in tried) >= 3:
+        if sum(_fits(p, free) for _, p in tried) >= 3:
             break
     return memory_verdict(peak, free, tried)
