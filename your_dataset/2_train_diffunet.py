@@ -5,9 +5,10 @@ progress.png in <logdir>, and the constants it ran with. A killed run continues 
 starting again without it moves the earlier run's files to <logdir>/previous_runs/.
 
 Examples:
-    python your_dataset/2_train_diffunet.py
+    python your_dataset/2_train_diffunet.py      # the plan's network, patch and batch (plans.json "network")
     torchrun --nproc_per_node=4 your_dataset/2_train_diffunet.py --resume=True     # 4 GPUs, batch_size per GPU
-    python your_dataset/2_train_diffunet.py --device=cpu --model_preset=tiny --patch_size=[32,64,64] --max_epoch=2 --num_iterations_per_epoch=10 --num_workers=1   # on CPU
+    python your_dataset/2_train_diffunet.py --device=cpu --model_preset=tiny --max_epoch=2 --num_iterations_per_epoch=10 --num_workers=1   # on CPU, the plan at tiny widths
+    python your_dataset/2_train_diffunet.py --planned_network=False --patch_size=[128,128,128] --batch_size=2   # the paper's network
     python your_dataset/2_train_diffunet.py --model_variant=unet --logdir=./logs/unet   # the plain U-Net baseline (ablation)
 """
 import sys
