@@ -7,10 +7,11 @@ of the two predictions, mirrored copies batched or not, whole-volume prediction 
 loader patches per second.
 
 Examples:
-    python benchmarks/bench_speed.py --quick=True                 # the 64^3 rows only (CPU: < 3 min)
+    python benchmarks/bench_speed.py --quick=True                 # the 64^3 rows only (CPU: a few minutes)
     python benchmarks/bench_speed.py --json=./logs/bench_speed.json
     python benchmarks/bench_speed.py --device=cuda:0              # 128^3 windows on a GPU
 """
+import os
 import sys
 import tempfile
 import time
@@ -28,7 +29,10 @@ from light_training.config import apply_overrides  # noqa: E402
 from light_training.io import write_json  # noqa: E402
 from light_training.training.loss import diffunet_loss  # noqa: E402
 from light_training.inference.prediction import InferenceSettings, predict_volume  # noqa: E402
-from light_training.runtime import autocast_context, compile_for_inference  # noqa: E402
+from diffunet.conv import pytorch_choice  # noqa: E402
+from light_training.machine import describe_cpu  # noqa: E402
+from light_training.runtime import (autocast_context, compile_for_inference, configure_backends,  # noqa: E402
+                                    cpu_has_bf16, resolve_precision)
 
 device = "auto"  # "auto": cuda:0 when present, else cpu
 preset = "paper"  # the model measured for the window and training rows
@@ -53,7 +57,8 @@ window = window or (128 if dev.type == "cuda" else 64)
 torch.manual_seed(seed)
 rows: list[tuple[str, str, str]] = []  # (row, value, unit)
 results: dict = {"settings": dict(config, device=str(dev), window=window, torch=torch.__version__,
-                                  threads=torch.get_num_threads())}
+                                  threads=torch.get_num_threads(),
+                                  cpu=describe_cpu() if dev.type == "cpu" else torch.cuda.get_device_name(dev))}
 
 
 def sync() -> None:
@@ -74,6 +79,22 @@ def timed(fn: Callable[[], object], n: int = repeats) -> float:
     return median(times)
 
 
+def backends(precision: str) -> None:
+    """CUDA: cudnn.benchmark, and TF32 off for the fp32 rows (IEEE fp32 against the fp32 peak), on for the fast ones."""
+    configure_backends(dev, resolve_precision(precision, dev))
+
+
+def reset_peak() -> None:
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+
+
+def add_peak(key: str, label: str) -> None:
+    """CUDA: the peak allocation since :func:`reset_peak` (the CPU has no such counter)."""
+    if dev.type == "cuda":
+        add(key, label, torch.cuda.max_memory_allocated(dev) / 2 ** 30, "GiB", "{:.2f}")
+
+
 def add(key: str, label: str, value: float, unit: str, fmt: str = "{:.3f}") -> None:
     results[key] = value
     rows.append((label, fmt.format(value), unit))
@@ -86,7 +107,8 @@ def matmul_peak(dtype: torch.dtype) -> float:
 
 
 def flops_of(fn: Callable[[], object]) -> float:
-    with FlopCounterMode(display=False) as counter:
+    # FlopCounterMode counts aten.convolution; the direct oneDNN call of diffunet.conv would count 0
+    with pytorch_choice(), FlopCounterMode(display=False) as counter:
         fn()
     return counter.get_total_flops() / 1e9
 
@@ -104,9 +126,20 @@ def fast_input(x: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- peaks
-peak32, peak16 = matmul_peak(torch.float32), matmul_peak(torch.bfloat16)
+backends("fp32")  # IEEE fp32 for the fp32 peak and baseline (CUDA: TF32 off)
+fast_resolved = resolve_precision(fast_precision, dev)  # what "auto" means here: fp32 on a CPU without bf16 units
+# a CPU without bf16 units only emulates bf16 (0.0003 TFLOP/s measured): no peak to compare with, n/a
+native_bf16 = dev.type == "cuda" or cpu_has_bf16()
+peak32 = matmul_peak(torch.float32)
 add("peak_fp32_tflops", "matmul peak fp32", peak32, "TFLOP/s")
-add("peak_bf16_tflops", "matmul peak bf16", peak16, "TFLOP/s")
+if native_bf16:
+    peak16 = matmul_peak(torch.bfloat16)
+    add("peak_bf16_tflops", "matmul peak bf16", peak16, "TFLOP/s")
+else:
+    results["peak_bf16_tflops"] = None
+    rows.append(("matmul peak bf16", "n/a", "(no bf16 units: emulated)"))
+# the fast settings' share is of the peak of the precision they run in
+fast_peak, fast_peak_name = (peak32, "fp32") if fast_resolved == "fp32" or not native_bf16 else (peak16, "bf16")
 
 # --------------------------------------------------------------------------- one window: sampling
 w = window
@@ -130,20 +163,29 @@ def sample_fast() -> tuple[torch.Tensor, torch.Tensor]:
 
 base_s = timed(sample_fp32)
 reference = sample_fp32()
+if dev.type == "cpu":  # PyTorch's own kernel choice: its native slow path for fp32 batch-1 convolutions
+    with pytorch_choice():
+        add(f"sample_{w}_fp32_pytorch_choice_s", f"sampling {w}^3: fp32 eager, PyTorch's kernel choice (slow path)",
+            timed(sample_fp32), "s")
+    add(f"sample_{w}_onednn_speedup", f"sampling {w}^3: oneDNN at batch 1 vs PyTorch's choice",
+        results[f"sample_{w}_fp32_pytorch_choice_s"] / base_s, "x", "{:.2f}")
+backends(fast_precision)
 image_fast = fast_input(image)
-if fast_compile:  # the fast settings without torch.compile (the prediction scripts' default)
+if fast_compile and (fast_resolved != "fp32" or fast_channels_last):  # the fast settings without torch.compile
     model = fast_model(model, compile=False)
     add(f"sample_{w}_fast_eager_s", f"sampling {w}^3: fast settings without torch.compile", timed(sample_fast), "s")
 model = fast_model(model)
-fast_s = timed(sample_fast)
+fast_s = timed(sample_fast)  # the warm-up call compiles
+reset_peak()
 fast = sample_fast()
+add_peak(f"sample_{w}_fast_peak_gib", f"sampling {w}^3: fast, peak memory")
 add(f"sample_{w}_fp32_eager_s", f"sampling {w}^3: fp32 eager", base_s, "s")
 add(f"sample_{w}_fast_s", f"sampling {w}^3: fast settings", fast_s, "s")
 add(f"sample_{w}_speedup", f"sampling {w}^3: speed-up", base_s / fast_s, "x", "{:.2f}")
 add(f"sample_{w}_fp32_peak_fraction", f"sampling {w}^3: fp32 eager, share of fp32 peak",
     gflop / base_s / 1e3 / peak32, "", "{:.1%}")
-add(f"sample_{w}_fast_peak_fraction", f"sampling {w}^3: fast, share of bf16 peak",
-    gflop / fast_s / 1e3 / peak16, "", "{:.1%}")
+add(f"sample_{w}_fast_peak_fraction", f"sampling {w}^3: fast, share of {fast_peak_name} peak",
+    gflop / fast_s / 1e3 / fast_peak, "", "{:.1%}")
 add("argmax_agreement", "agreement: same argmax, fast vs fp32", float((fast[0].argmax(1) == reference[0].argmax(1))
                                                                      .float().mean()), "", "{:.4%}")
 add("max_abs_prob_diff", "agreement: max |p_fast - p_fp32|", float((fast[0] - reference[0]).abs().max()), "")
@@ -164,28 +206,43 @@ images = torch.randn(train_batch_size, 1, w, w, w, device=dev)
 labels = (images[:, 0] > 0.5).long()
 
 
+scalers = {p: torch.amp.GradScaler(dev.type, enabled=p == "fp16") for p in ("fp32", "bf16", "fp16")}
+
+
 def train_step(x: torch.Tensor, precision: str) -> None:
+    """The trainer's step (fp16: with its GradScaler)."""
+    scaler = scalers[resolve_precision(precision, dev)]
     optimizer.zero_grad(set_to_none=True)
     with autocast_context(dev, precision):
         loss = diffunet_loss(model(x, labels), labels, 1, 10)["loss"]
-    loss.backward()
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 12)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
 
 
 train_gflop = flops_of(lambda: train_step(images, "fp32"))
 add(f"train_step_{w}_gflop", f"training step {w}^3 x{train_batch_size} (MC-Diff K=3): work", train_gflop,
     "GFLOP", "{:.1f}")
 train_repeats = 1 if quick else max(1, repeats - 1)  # a training step is slow: fewer repetitions
+backends("fp32")
 train_base = timed(lambda: train_step(images, "fp32"), n=train_repeats)
-model = fast_model(model)
-images_fast = fast_input(images)
-train_fast = timed(lambda: train_step(images_fast, fast_precision), n=train_repeats)
 add(f"train_step_{w}_fp32_eager_s", f"training step {w}^3: fp32 eager", train_base, "s")
-add(f"train_step_{w}_fast_s", f"training step {w}^3: fast settings", train_fast, "s")
-add(f"train_step_{w}_speedup", f"training step {w}^3: speed-up", train_base / train_fast, "x", "{:.2f}")
-add(f"train_step_{w}_fast_peak_fraction", f"training step {w}^3: fast, share of bf16 peak",
-    train_gflop / train_fast / 1e3 / peak16, "", "{:.1%}")
+add(f"train_step_{w}_fp32_peak_fraction", f"training step {w}^3: fp32 eager, share of fp32 peak",
+    train_gflop / train_base / 1e3 / peak32, "", "{:.1%}")
+if fast_resolved != "fp32" or fast_channels_last:  # else the fast training step is the fp32 one
+    backends(fast_precision)
+    model = fast_model(model)
+    images_fast = fast_input(images)
+    train_fast = timed(lambda: train_step(images_fast, fast_precision), n=train_repeats)
+    reset_peak()
+    train_step(images_fast, fast_precision)
+    add_peak(f"train_step_{w}_fast_peak_gib", f"training step {w}^3: fast, peak memory")
+    add(f"train_step_{w}_fast_s", f"training step {w}^3: fast settings", train_fast, "s")
+    add(f"train_step_{w}_speedup", f"training step {w}^3: speed-up", train_base / train_fast, "x", "{:.2f}")
+    add(f"train_step_{w}_fast_peak_fraction", f"training step {w}^3: fast, share of {fast_peak_name} peak",
+        train_gflop / train_fast / 1e3 / fast_peak, "", "{:.1%}")
 del model, optimizer
 
 if not quick:
@@ -210,12 +267,17 @@ if not quick:
         for mirror in [(), (0, 1, 2)]:
             settings = InferenceSettings(patch_size=vpatch, overlap=0.5, mirror_axes=mirror,
                                          precision=fast_precision, channels_last=fast_channels_last, progress=False)
+            # warm-up on one window: torch.compile compiles here, not in the timed run
+            predict_volume(model, np.zeros((1, *vpatch), dtype=np.float32), settings, dev)
+            sync()
+            reset_peak()
             start = time.perf_counter()
             predict_volume(model, data, settings, dev)
             sync()
             add("volume_mirror_s" if mirror else "volume_s",
                 f"whole CT {'x'.join(map(str, data.shape[1:]))} ({vpreset}, patch {vpatch[0]}, "
                 f"{'8 mirrors' if mirror else 'no mirroring'})", time.perf_counter() - start, "s", "{:.1f}")
+            add_peak("volume_mirror_peak_gib" if mirror else "volume_peak_gib", "  peak memory")
         del model
         batches = 8
         with make_training_stream(Path(tmp) / "train", [raw[0].case], [w, w, w], 2, True, loader_workers,
@@ -227,8 +289,9 @@ if not quick:
             rate = batches * 2 / (time.perf_counter() - start)
     add("loader_patches_per_s", f"loader: augmented {w}^3 patches/s ({loader_workers} workers)", rate, "1/s", "{:.1f}")
 
-print(f"\nDiff-UNet speed on {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'CPU'}, "
-      f"{torch.get_num_threads()} threads), fast = {fast_precision} autocast"
+print(f"\nDiff-UNet speed on {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else describe_cpu()}, "
+      f"{torch.get_num_threads()} threads, load average {' / '.join(f'{v:.2f}' for v in os.getloadavg()[:2])}), "
+      f"fast = {fast_precision} ({fast_resolved}) autocast"
       f"{', channels_last_3d' if fast_channels_last else ''}{', torch.compile' if fast_compile else ''}"
       ", inference_mode")
 width = max(len(r[0]) for r in rows)

@@ -29,8 +29,9 @@ from typing import Any, Sequence
 import torch
 
 from diffunet.model import DiffUNet
+from light_training.checkpoint import RELEASE_DENOISE_PREFIX as _DENOISE, release_tensors, save_checkpoint
 
-__all__ = ["RELEASE_INFERENCE", "ConversionReport", "is_release_state", "release_architecture", "map_release_key",
+__all__ = ["RELEASE_INFERENCE", "ConversionReport", "release_architecture", "map_release_key",
            "convert_state_dict", "release_checkpoint", "main"]
 
 # the release's inference, as options of ours (diffunet/diffunet_model.py and nnunet3d_denoise.py there)
@@ -38,7 +39,6 @@ RELEASE_INFERENCE = {"sampling_time_input": "logsnr", "fusion": "mean", "add_bou
                      "boundary_target": "segmentation", "steps": 3, "rand_steps": 1, "mc_samples": 3,
                      "bit_scale": 0.001}
 
-_EDGE, _DENOISE = "edge_model.", "denoise_model."
 
 
 @dataclass
@@ -48,31 +48,6 @@ class ConversionReport:
     dropped: list[str] = field(default_factory=list)
     dropped_parameters: int = 0
     aliases: list[str] = field(default_factory=list)
-
-
-def is_release_state(obj: Any) -> bool:
-    """Whether a loaded file is a state dict of the original release (as the converter accepts it)."""
-    try:
-        _unwrap(obj)
-    except (ValueError, AttributeError):  # AttributeError: not a dict at all
-        return False
-    return True
-
-
-def _unwrap(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors of a release file: a plain state dict, or one under "state_dict"/"model"/"module";
-    a DataParallel "module." prefix is removed."""
-    for key in ("state_dict", "model", "module"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-    out = {}
-    for key, value in state.items():
-        if isinstance(value, torch.Tensor):
-            out[key[len("module."):] if key.startswith("module.") else key] = value
-    if not any(k.startswith(_EDGE) for k in out) or not any(k.startswith(_DENOISE) for k in out):
-        raise ValueError(f"not a state dict of the original Diff-UNet release: expected keys under "
-                         f"{_EDGE!r} and {_DENOISE!r}, got e.g. {sorted(out)[:3]}")
-    return out
 
 
 def release_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -144,7 +119,7 @@ def convert_state_dict(release: dict[str, Any]) -> tuple[DiffUNet, ConversionRep
     decoders' copy of their encoder, and the ``all_modules`` views of nnU-Net's conv blocks), every alias
     checked equal to the first key of its tensor. Raises ValueError on
     an unknown key, on two keys of one tensor that differ, or on a tensor of ours left without a value."""
-    state = _unwrap(release)
+    state = release_tensors(release)
     arch = release_architecture(state)
     in_channels, num_classes = arch.pop("in_channels"), arch.pop("num_classes")
     model = DiffUNet(in_channels, num_classes, preset="paper", **arch, **RELEASE_INFERENCE)
@@ -216,8 +191,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--channel_names", help="comma-separated channel names, e.g. CT or t1n,t1c,t2w,t2f")
     parser.add_argument("--label_names", help="comma-separated class names, background first")
     args = parser.parse_args(argv)
-    from light_training.checkpoint import save_checkpoint  # the file format of the training stage
-
     try:
         release = torch.load(args.source, map_location="cpu", weights_only=True)
         plans = json.loads(Path(args.plans).read_text()) if args.plans else None

@@ -13,8 +13,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from diffunet.conv import Conv3d, conv3d
 
 __all__ = ["affinity_fusion", "MBA"]
 
@@ -57,7 +58,7 @@ class MBA(nn.Module):
         super().__init__()
         # one 1x1x1 conv per stage above the bottleneck; the bottleneck uses parameter-free attention
         # (the release also builds an unused conv there: 205,120 parameters fewer here)
-        self.convs = nn.ModuleList(nn.Conv3d(2 * c, c, kernel_size=1) for c in features[:-1])
+        self.convs = nn.ModuleList(Conv3d(2 * c, c, kernel_size=1) for c in features[:-1])
 
     def prepare(self, boundary_features: list[torch.Tensor]) -> list[torch.Tensor]:
         """Boundary-side terms, once per boundary pass: W_b b_s + bias for the stages above the
@@ -65,7 +66,7 @@ class MBA(nn.Module):
         out = []
         for conv, b in zip(self.convs, boundary_features[:-1]):
             c = b.shape[1]
-            out.append(F.conv3d(b, conv.weight[:, c:], conv.bias))
+            out.append(conv3d(b, conv.weight[:, c:], conv.bias))
         out.append(boundary_features[-1])
         return out
 
@@ -74,7 +75,7 @@ class MBA(nn.Module):
         if stage == len(self.convs):
             return affinity_fusion(x, prepared[-1])
         conv, pre = self.convs[stage], prepared[stage]
-        y = F.conv3d(x, conv.weight[:, : x.shape[1]])  # W_x x_s, (R * B, C, *S)
+        y = conv3d(x, conv.weight[:, : x.shape[1]])  # W_x x_s, (R * B, C, *S)
         r = _copies(y.shape[0], pre.shape[0])
         if r == 1:
             return y + pre

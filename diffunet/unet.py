@@ -14,6 +14,7 @@ from dynamic_network_architectures.building_blocks.plain_conv_encoder import Pla
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU, StackedConvBlocks
 from torch import nn
 
+from diffunet.conv import Conv3d, ConvTranspose3d
 from diffunet.diffusion import TimeEmbedding
 from diffunet.mba import MBA
 
@@ -33,9 +34,9 @@ class TimeConvBlocks(nn.Module):
     def __init__(self, num_convs: int, in_channels: int, out_channels: int, kernel_size, stride, time_dim: int):
         super().__init__()
         settings = conv_settings()
-        self.first = ConvDropoutNormReLU(nn.Conv3d, in_channels, out_channels, kernel_size, stride, **settings)
+        self.first = ConvDropoutNormReLU(Conv3d, in_channels, out_channels, kernel_size, stride, **settings)
         self.time_proj = nn.Sequential(nn.SiLU(), nn.Linear(time_dim, out_channels))
-        self.rest = nn.Sequential(*[ConvDropoutNormReLU(nn.Conv3d, out_channels, out_channels, kernel_size, 1,
+        self.rest = nn.Sequential(*[ConvDropoutNormReLU(Conv3d, out_channels, out_channels, kernel_size, 1,
                                                         **settings) for _ in range(num_convs - 1)])
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
@@ -57,13 +58,13 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList()
         for s in range(len(features) - 1, 0, -1):  # bottleneck first
             below, skip = features[s], features[s - 1]
-            self.up.append(nn.ConvTranspose3d(below, skip, strides[s], strides[s], bias=True))
+            self.up.append(ConvTranspose3d(below, skip, strides[s], strides[s], bias=True))
             if time_dim is None:
-                self.blocks.append(StackedConvBlocks(convs_per_stage, nn.Conv3d, 2 * skip, skip, kernels[s - 1], 1,
+                self.blocks.append(StackedConvBlocks(convs_per_stage, Conv3d, 2 * skip, skip, kernels[s - 1], 1,
                                                      **conv_settings()))
             else:
                 self.blocks.append(TimeConvBlocks(convs_per_stage, 2 * skip, skip, kernels[s - 1], 1, time_dim))
-        self.head = nn.Conv3d(features[0], num_classes, kernel_size=1)
+        self.head = Conv3d(features[0], num_classes, kernel_size=1)
 
     def forward(self, skips: list[torch.Tensor], temb: torch.Tensor | None = None) -> torch.Tensor:
         """``skips``: encoder outputs top stage first, bottleneck last -> logits (B, K, D, H, W)."""
@@ -82,7 +83,7 @@ class ImageUNet(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, features: list[int], strides: list,
                  convs_per_stage: int, kernels: list):
         super().__init__()
-        self.encoder = PlainConvEncoder(in_channels, len(features), features, nn.Conv3d, list(kernels), strides,
+        self.encoder = PlainConvEncoder(in_channels, len(features), features, Conv3d, list(kernels), strides,
                                         convs_per_stage, return_skips=True, **conv_settings())
         self.decoder = Decoder(features, strides, num_classes, convs_per_stage, kernels)
 

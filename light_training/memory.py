@@ -13,7 +13,8 @@ so autocast follows its CPU op lists. For this network's ops they cast alike on 
 transposed convolutions and linear layers run in the low precision, instance norm and LeakyReLU keep
 their input's dtype, and the code itself casts to float32 where it needs it (softmax, losses, MBA). The
 optimizer is SGD's multi-tensor ("foreach") form, CUDA's default, whose step holds two temporary copies
-of the gradients.
+of the gradients. Convolutions take PyTorch's own kernel choice (``diffunet.conv.pytorch_choice``: the
+CUDA path; the CPU's direct oneDNN calls have no fake-tensor kernels).
 
 Not counted (add them when sizing a card): the CUDA context (about 0.3-0.6 GiB), cuDNN/cuBLAS workspaces
 (up to a few hundred MiB, more with ``cudnn.benchmark``), the caching allocator's rounding and
@@ -33,6 +34,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
+
+from diffunet.conv import pytorch_choice
 
 __all__ = ["GIB", "CUDA_RESERVED_GIB", "ALLOCATOR_MARGIN", "fits_on_card", "MemoryEstimate", "LiveBytes",
            "estimate_train_step", "estimate_sampling_window", "mirror_axes_for",
@@ -228,7 +231,7 @@ def estimate_train_step(model_class: str, model_config: dict[str, Any], patch_si
     """
     patch = _check(patch_size, batch_size, precision)
     tracker = _FakeLiveBytes()
-    with FakeTensorMode(), tracker:
+    with FakeTensorMode(), tracker, pytorch_choice():
         model, optimizer, image, label = train_step_setup(model_class, model_config, patch, batch_size,
                                                           mc_chunk=mc_chunk, checkpointing=checkpointing)
         tracker.reset_peak()
@@ -267,7 +270,7 @@ def estimate_sampling_window(model_class: str, model_config: dict[str, Any], pat
     patch = _check(patch_size, batch_size, precision)
     mirror_axes_for(mirrors)
     tracker = _FakeLiveBytes()
-    with FakeTensorMode(), tracker:
+    with FakeTensorMode(), tracker, pytorch_choice():
         model, windows = sampling_window_setup(model_class, model_config, patch, batch_size)
         tracker.reset_peak()
         sampling_window(model, windows, precision, mirrors)

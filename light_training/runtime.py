@@ -18,8 +18,9 @@ import torch
 import torch.distributed as torch_dist
 
 __all__ = ["PRECISIONS", "device_problem", "resolve_device", "cpu_has_bf16", "cuda_precision", "resolve_precision",
-           "backend_settings", "configure_backends", "autocast_context",
-           "compile_for_inference", "seed_everything", "set_cpu_threads", "DistInfo", "setup_distributed",
+           "backend_settings", "configure_backends", "autocast_context", "compile_for_inference",
+           "resolve_training_compile", "compile_for_training", "seed_everything", "set_cpu_threads", "DistInfo",
+           "setup_distributed",
            "cleanup_distributed"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -135,16 +136,45 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
 
 
 def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` the boundary branch and the denoiser of a DiffUNet in place, with inductor's
-    weight freezing (constant-folded, prepacked convolution weights). Inference only; the first call
-    compiles (about a minute on a CPU), later calls of the same window size reuse it."""
+    """``torch.compile`` the boundary branch and the denoiser of a DiffUNet (or the plain U-Net) in place,
+    with inductor's weight freezing (constant-folded, prepacked convolution weights). Inference only; the
+    first call compiles (about a minute on a CPU), later calls of the same window size reuse it.
+
+    An image U-Net (the boundary branch, the baseline) is compiled as its encoder and its decoder: sampling
+    calls ``encode`` alone (its decoder is not needed), which a compiled wrapper of the whole U-Net would
+    leave eager; so is MBA's ``prepare`` (the boundary half of its 1x1 convs), called beside the denoiser."""
     import torch._inductor.config as inductor_config
     # freezing must be on when the graph is compiled (the first call); passed through torch.compile's
     # `options` it did not take effect (measured), so it is set for this process
     inductor_config.freezing = True
-    for name in ("boundary", "denoiser", "unet"):  # DiffUNet, or the plain U-Net baseline
-        if getattr(model, name, None) is not None:
-            setattr(model, name, torch.compile(getattr(model, name)))
+    for name in ("boundary", "unet"):  # DiffUNet's boundary branch, or the plain U-Net baseline
+        if (branch := getattr(model, name, None)) is not None:
+            branch.encoder, branch.decoder = torch.compile(branch.encoder), torch.compile(branch.decoder)
+    if (denoiser := getattr(model, "denoiser", None)) is not None:
+        if getattr(denoiser, "mba", None) is not None:  # its boundary half runs once per window, outside forward
+            denoiser.mba.prepare = torch.compile(denoiser.mba.prepare)
+        model.denoiser = torch.compile(denoiser)
+    return model
+
+
+def resolve_training_compile(torch_compile: bool | None, device: torch.device) -> bool:
+    """Whether to compile the training step: None = on CUDA (nnU-Net's default there: fused norm and
+    activation kernels, compiled once per patch size), off on the CPU, where compiling both networks'
+    forward and backward took minutes and the compiled step was no faster (README, "Speed")."""
+    if torch_compile is None:
+        return device.type == "cuda"
+    if not isinstance(torch_compile, bool):
+        raise ValueError(f"torch_compile={torch_compile!r}: expected True, False or None (on with CUDA only)")
+    return torch_compile
+
+
+def compile_for_training(model: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` the networks of a DiffUNet (or the plain U-Net) in place for training
+    (``nn.Module.compile``: the state dict keeps its keys, so checkpoints do not change). The first
+    step compiles forward and backward; the MC-Diff passes (another batch) compile once more."""
+    for name in ("boundary", "denoiser", "unet"):
+        if (part := getattr(model, name, None)) is not None:
+            part.compile()
     return model
 
 

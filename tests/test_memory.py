@@ -2,8 +2,9 @@
 
 The real peak is measured independently of the estimator's storage counting: the running sum of the
 CPU allocator's allocation and free events recorded by torch.profiler, which sees every allocation,
-including those inside a kernel. Batches of 2 or more (and bf16): with one fp32 patch the CPU takes its
-slow convolution path, whose column buffers (inside the kernel, absent on CUDA) the estimator does not count.
+including those inside a kernel. Training batches of 2 or more (or bf16): with one fp32 patch the CPU's
+convolution backward takes its slow path, whose column buffers (inside the kernel, absent on CUDA) the
+estimator does not count.
 """
 import json
 import subprocess

@@ -46,6 +46,12 @@ def test_compiled_model_samples_like_the_eager_one():
             outputs.append(model.sample(image))
     torch.testing.assert_close(outputs[1][0], outputs[0][0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(outputs[1][1], outputs[0][1], atol=1e-4, rtol=1e-4)
+    # every network call of the sampling is compiled, the boundary encoder's too (it is called alone)
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        model.sample(image)
+    names = [event.key for event in prof.key_averages()]
+    assert any(n.startswith("Torch-Compiled Region") for n in names)
+    assert not [n for n in names if n in ("aten::convolution", "aten::mkldnn_convolution")], names
 
 
 def test_mirroring_and_larger_volume_give_probabilities():

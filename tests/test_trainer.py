@@ -185,7 +185,7 @@ def test_brats_script_takes_channels_and_classes_from_the_plan(tmp_path: Path, r
     assert final["model_config"]["in_channels"] == 4 and final["model_config"]["num_classes"] == 4
     assert final["plans"]["dataset"] == "brats2023"
     assert {"val/dice_NCR", "val/dice_ED", "val/dice_ET", "val/pseudo_dice"} <= set(final["history"])
-    wrong = subprocess.run([sys.executable, "2_train_diffunet_aiib2023.py", f"--data_dir={train}"],
+    wrong = subprocess.run([sys.executable, "2_train_diffunet_aiib2023.py", f"--data_dir={train}", "--device=cpu"],
                            cwd=repo_root, capture_output=True, text=True, timeout=300)
     assert wrong.returncode != 0 and "brats2023" in wrong.stderr
 

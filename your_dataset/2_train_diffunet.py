@@ -47,5 +47,6 @@ num_threads = None  # CPU threads of torch; None: torch's default (fewer than th
 accumulate_steps = 1  # batches per optimizer step (gradients averaged): effective batch batch_size x this x GPUs
 mc_chunk = None  # MC-Diff passes run at once (None: all K in one batch; 1: one at a time, less memory, same loss)
 checkpointing = False  # activation checkpointing of the U-Net stages: less memory, about a third more compute
+torch_compile = None  # compile the training step: None = on a GPU (once per patch size), off on the CPU (no faster there)
 
 run(train, globals())

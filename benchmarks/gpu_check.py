@@ -1,0 +1,172 @@
+"""One command that checks a GPU before a real run: precision, convolutions, training steps, compiled sampling,
+a large volume, each measured peak beside the memory estimator's.
+
+On a GPU (about 5 minutes): the device and its compute capability, the precision "auto" resolves to, one
+bf16 and one fp16 conv3d, three paper-preset training steps at 2 x 128^3 with and without cudnn.benchmark
+(s/step, peak from torch.cuda.max_memory_allocated), one fp16 step with the GradScaler, compiled sampling
+of a 256^3 volume with the mirrors batched (and how many graphs torch.compile built), and the tiny model
+over a 600 x 512 x 512 volume. With --device=cpu the same checks run at small sizes (tiny preset; peaks
+from the CPU allocator's events in torch.profiler), which tests/test_gpu_check.py runs so this script
+cannot rot. Paste the table into the README's "On a GPU" section.
+
+Examples:
+    python benchmarks/gpu_check.py --json=./logs/gpu_check.json            # on a GPU
+    python benchmarks/gpu_check.py --device=cuda:1
+    python benchmarks/gpu_check.py --device=cpu --torch_compile=False      # small sizes, about a minute
+"""
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from diffunet import build_network  # noqa: E402
+from light_training.config import apply_overrides  # noqa: E402
+from light_training.inference.prediction import InferenceSettings, predict_volume  # noqa: E402
+from light_training.io import write_json  # noqa: E402
+from light_training.memory import (GIB, estimate_sampling_window, estimate_train_step,  # noqa: E402
+                                   measure_cpu_peak)
+from light_training.runtime import (compile_for_inference, configure_backends, resolve_device,  # noqa: E402
+                                    resolve_precision)
+from light_training.training.trainer import Trainer, TrainSettings  # noqa: E402
+
+device = "cuda:0"  # the GPU to check; "cpu": the same checks at small sizes
+precision = "auto"  # what training and prediction would ask for
+train_patch = None  # training patch (z, y, x); None: [128, 128, 128] on a GPU, [32, 32, 32] on the CPU
+batch_size = 2
+steps = 3  # timed training steps per setting (after one warm-up step)
+sampling_volume = None  # volume sampled with the paper preset; None: [256, 256, 256] on a GPU, [48, 48, 48] on the CPU
+large_volume = None  # volume the tiny model predicts; None: [600, 512, 512] on a GPU, [40, 64, 64] on the CPU
+torch_compile = True  # compile the sampling networks (about a minute once)
+json = None  # also write every row to this JSON file
+config = apply_overrides(globals())
+
+dev = resolve_device(device)
+gpu = dev.type == "cuda"
+preset = "paper" if gpu else "tiny"
+patch = list(train_patch or ([128] * 3 if gpu else [32] * 3))
+volume = list(sampling_volume or ([256] * 3 if gpu else [48] * 3))
+large = list(large_volume or ([600, 512, 512] if gpu else [40, 64, 64]))
+resolved = resolve_precision(precision, dev)
+rows: list[dict] = []
+
+
+def add(check: str, setting: str, result: str, seconds: float | None = None, peak_gib: float | None = None,
+        estimate_gib: float | None = None) -> None:
+    rows.append({"check": check, "setting": setting, "result": result, "seconds": seconds, "peak_gib": peak_gib,
+                 "estimate_gib": estimate_gib})
+    cell = lambda v, f: ("-" if v is None else f.format(v)).rjust(9)  # noqa: E731
+    print(f"{check:<14}{setting:<44}{result:<18}{cell(seconds, '{:.3f}')}{cell(peak_gib, '{:.2f}')}"
+          f"{cell(estimate_gib, '{:.2f}')}", flush=True)
+
+
+def sync() -> None:
+    if gpu:
+        torch.cuda.synchronize(dev)
+
+
+def peak_of(fn, live_before: int = 0) -> tuple[object, float, float]:
+    """``fn()``'s result, its seconds and its peak GiB (CUDA: max_memory_allocated; CPU: the profiler's
+    allocator events on top of ``live_before`` bytes)."""
+    if gpu:
+        sync()
+        torch.cuda.reset_peak_memory_stats(dev)
+        start = time.perf_counter()
+        out = fn()
+        sync()
+        return out, time.perf_counter() - start, torch.cuda.max_memory_allocated(dev) / GIB
+    box = []
+    start = time.perf_counter()
+    peak = measure_cpu_peak(lambda: box.append(fn()), live_before)
+    return box[0], time.perf_counter() - start, peak / GIB
+
+
+def held_bytes(*tensors) -> int:
+    """What is allocated before a measured call: CUDA's count; on the CPU the storages of ``tensors``."""
+    if gpu:
+        return torch.cuda.memory_allocated(dev)
+    return sum(t.untyped_storage().nbytes() for t in {id(t): t for t in tensors}.values())
+
+
+name = torch.cuda.get_device_name(dev) if gpu else "CPU"
+capability = ".".join(map(str, torch.cuda.get_device_capability(dev))) if gpu else "-"
+print(f"gpu_check on {dev} ({name}), torch {torch.__version__}, CUDA {torch.version.cuda}")
+print(f"{'check':<14}{'setting':<44}{'result':<18}{'s':>9}{'peak GiB':>9}{'est. GiB':>9}")
+add("device", f"{name}, capability {capability}", "ok")
+add("precision", f"{precision!r} resolves to", resolved)
+
+# --------------------------------------------------------------------------- one conv3d per low precision
+for dtype in (torch.bfloat16, torch.float16):
+    x = torch.randn(2, 32, *[p // 2 for p in patch], device=dev, dtype=dtype)
+    weight = torch.randn(32, 32, 3, 3, 3, device=dev, dtype=dtype) * 0.05
+    try:
+        torch.nn.functional.conv3d(x, weight, padding=1)  # warm-up
+        out, seconds, _ = peak_of(lambda: torch.nn.functional.conv3d(x, weight, padding=1))
+        add("conv3d", f"{str(dtype)[6:]} 2x32x{'x'.join(str(p // 2) for p in patch)}",
+            "ok" if torch.isfinite(out).all() else "NaN/Inf", seconds)
+    except RuntimeError as err:  # e.g. no bf16 convolutions on this GPU
+        add("conv3d", str(dtype)[6:], f"error: {str(err).splitlines()[0][:60]}")
+
+# --------------------------------------------------------------------------- training steps (the trainer's)
+label = torch.zeros(batch_size, *patch, dtype=torch.uint8)
+label[:, patch[0] // 4:-patch[0] // 4, patch[1] // 3:-patch[1] // 3, patch[2] // 3:-patch[2] // 3] = 1
+batch = {"image": torch.randn(batch_size, 1, *patch) + label[:, None], "label": label}
+# cudnn.benchmark off and on (the CPU has no cuDNN: one run), then fp16 with the GradScaler
+runs = ([(resolved, False), (resolved, True)] if gpu else [(resolved, False)]) + \
+    ([("fp16", gpu)] if resolved != "fp16" else [])
+for step_precision, benchmark in runs:
+    torch.manual_seed(0)
+    model = build_network("diffunet", 1, 2, preset=preset)
+    with tempfile.TemporaryDirectory() as logdir:
+        trainer = Trainer(model, TrainSettings(batch_size=batch_size, precision=step_precision), logdir, {}, {}, dev)
+        configure_backends(dev, step_precision)
+        torch.backends.cudnn.benchmark = benchmark
+        trainer.train_step(batch, 0)  # warm-up: cuDNN's algorithm search, the momentum buffers
+        momentum = [s["momentum_buffer"] for s in trainer.optimizer.state.values()]
+        terms, seconds, peak = peak_of(lambda: [trainer.train_step(batch, 0) for _ in range(steps)],
+                                       held_bytes(*trainer.model.parameters(), *momentum, *batch.values()))
+    estimate = estimate_train_step("DiffUNet", model.config, patch, batch_size, step_precision).peak_gib
+    scaler = ", GradScaler" if step_precision == "fp16" else ""
+    finite = all(t is not None for t in terms)
+    add("train step", f"{preset} {batch_size}x{'x'.join(map(str, patch))} {step_precision}{scaler}",
+        ("ok" if finite else "skipped (NaN)") + (", benchmark" if benchmark else ""), seconds / steps, peak,
+        estimate)
+    del trainer, model
+configure_backends(dev, resolved)
+
+# --------------------------------------------------------------------------- sampling a volume, compiled
+window = [min(p, v) for p, v in zip(patch, volume)]
+model = build_network("diffunet", 1, 2, preset=preset).to(dev).eval()
+if torch_compile:
+    compile_for_inference(model)
+settings = InferenceSettings(patch_size=window, mirror_axes=(0, 1, 2), precision=resolved, batch_mirrors=True,
+                             progress=False)
+image = np.random.default_rng(0).normal(size=(1, *volume)).astype(np.float32)
+predict_volume(model, np.zeros((1, *window), dtype=np.float32), settings, dev)  # warm-up: compiles
+graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+(probs, _), seconds, peak = peak_of(lambda: predict_volume(model, image, settings, dev),
+                                    held_bytes(*model.parameters()))
+recompiles = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
+estimate = estimate_sampling_window("DiffUNet", model.config, window, 1, resolved, mirrors=8).peak_gib
+add("sampling", f"{preset} {'x'.join(map(str, volume))}, 8 mirrors in one call",
+    f"ok, {recompiles} recompiles" if torch_compile else "ok (eager)", seconds, peak, estimate)
+del model, probs
+
+# --------------------------------------------------------------------------- a large volume, tiny model
+model = build_network("diffunet", 1, 2, preset="tiny").to(dev).eval()
+large_window = [min(p, v) for p, v in zip(patch, large)]
+settings = InferenceSettings(patch_size=large_window, mirror_axes=(), precision=resolved, progress=False)
+image = np.zeros((1, *large), dtype=np.float32)
+(probs, _), seconds, peak = peak_of(lambda: predict_volume(model, image, settings, dev),
+                                    held_bytes(*model.parameters()))
+estimate = estimate_sampling_window("DiffUNet", model.config, large_window, 1, resolved).peak_gib
+add("large volume", f"tiny {'x'.join(map(str, large))}, no mirrors", "ok", seconds, peak, estimate)
+print("peak: measured (CUDA: max_memory_allocated; CPU: the profiler's allocator events); est.: "
+      "light_training.memory, for one training step or one window call (a volume adds the inferer's buffers)")
+if json:
+    write_json({"device": str(dev), "name": name, "capability": capability, "torch": torch.__version__,
+                "precision": resolved, "rows": rows}, json)
+    print(f"written {json}")

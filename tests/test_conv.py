@@ -1,0 +1,77 @@
+"""The CPU convolutions: oneDNN at batch 1 (no native slow path), same values and gradients as torch.nn."""
+import pytest
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+from diffunet import build_network
+from diffunet.conv import Conv3d, ConvTranspose3d, onednn_direct, pytorch_choice
+
+
+def _op_names(fn) -> set[str]:
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return {event.key for event in prof.key_averages()}
+
+
+def test_direct_only_for_fp32_cpu_outside_autocast_and_compile():
+    assert onednn_direct("cpu", torch.float32, autocast=False, compiling=False, mkldnn_available=True)
+    assert not onednn_direct("cuda", torch.float32, False, False, True)
+    assert not onednn_direct("cpu", torch.bfloat16, False, False, True)  # bf16 takes oneDNN by itself
+    assert not onednn_direct("cpu", torch.float32, True, False, True)  # autocast must cast first
+    assert not onednn_direct("cpu", torch.float32, False, True, True)  # inductor picks its own kernels
+    assert not onednn_direct("cpu", torch.float32, False, False, False)
+
+
+def test_batch1_fp32_sampling_and_training_have_no_slow_convolution():
+    torch.manual_seed(0)
+    model = build_network("diffunet", 1, 3, preset="tiny")
+    image = torch.randn(1, 1, 16, 24, 32)
+    label = torch.randint(0, 3, (1, 16, 24, 32))
+    model.eval()
+    with torch.no_grad():
+        sampling = _op_names(lambda: model.sample_members(image, steps=2))
+    model.train()
+    training = _op_names(lambda: model(image, label).logits.float().mean().backward())
+    for names in (sampling, training):
+        assert "aten::mkldnn_convolution" in names
+        assert not [n for n in names if "slow_conv" in n], sorted(n for n in names if "conv" in n)
+
+
+@pytest.mark.parametrize("stride", [(2, 2, 2), (1, 2, 2)])
+def test_same_values_and_gradients_as_torch_nn(stride):
+    torch.manual_seed(1)
+    ours, ref = Conv3d(5, 7, (1, 3, 3), stride, padding=(0, 1, 1)), nn.Conv3d(5, 7, (1, 3, 3), stride, padding=(0, 1, 1))
+    up, up_ref = ConvTranspose3d(7, 4, stride, stride), nn.ConvTranspose3d(7, 4, stride, stride)
+    ref.load_state_dict(ours.state_dict())
+    up_ref.load_state_dict(up.state_dict())
+    x = torch.randn(1, 5, 6, 10, 9, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y, y_ref = up(ours(x)), up_ref(ref(x_ref))
+    assert y.shape == y_ref.shape == (1, 4, 6 // stride[0] * stride[0], 10, 10)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    y.square().sum().backward()
+    y_ref.square().sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+    for a, b in ((ours, ref), (up, up_ref)):
+        torch.testing.assert_close(a.weight.grad, b.weight.grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(a.bias.grad, b.bias.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_autocast_still_casts():
+    conv, up = Conv3d(2, 3, 3, padding=1), ConvTranspose3d(3, 2, 2, 2)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(torch.randn(1, 2, 4, 4, 4))
+        assert y.dtype == torch.bfloat16
+        assert up(y).dtype == torch.bfloat16
+
+
+
+def test_pytorch_choice_is_the_slow_path_it_replaces():
+    conv = Conv3d(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 4, 6, 6)  # batch 1, 4 x 4 x 6 << 20,480: PyTorch's heuristic picks its native kernel
+    with torch.no_grad():
+        with pytorch_choice():
+            native = _op_names(lambda: conv(x))
+        direct = _op_names(lambda: conv(x))
+    assert any("slow_conv3d" in n for n in native) and "aten::mkldnn_convolution" in direct

@@ -1,0 +1,27 @@
+"""benchmarks/gpu_check.py --device=cpu: the GPU check's every row runs (at small sizes), so the script
+cannot rot before a GPU is at hand."""
+import json
+import subprocess
+import sys
+
+
+def test_gpu_check_runs_on_the_cpu(repo_root, tmp_path):
+    out = tmp_path / "gpu_check.json"
+    result = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device=cpu", "--torch_compile=False",
+                             "--steps=1", "--train_patch=[16,16,16]", "--sampling_volume=[16,16,24]",
+                             "--large_volume=[16,16,16]", f"--json={out}"],
+                            cwd=repo_root, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["precision"] in ("bf16", "fp32")
+    checks = [row["check"] for row in report["rows"]]
+    assert checks[:4] == ["device", "precision", "conv3d", "conv3d"]
+    assert {"train step", "sampling", "large volume"} <= set(checks)
+    assert all(row["result"].startswith("ok") for row in report["rows"][2:])
+    measured = [row for row in report["rows"] if row["peak_gib"] is not None]
+    assert len(measured) == 4 and all(row["estimate_gib"] > 0 for row in measured)
+    # the resolved precision's training step: estimated and measured agree (fp16 on a CPU without fp16 units
+    # converts inside its kernels, which the estimate does not count)
+    step = measured[0]
+    assert step["check"] == "train step" and abs(step["estimate_gib"] / step["peak_gib"] - 1) < 0.15, step
+    assert "fp16, GradScaler" in result.stdout  # the fp16 step runs with the scaler
