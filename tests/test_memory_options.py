@@ -90,6 +90,7 @@ def test_accumulation_of_two_batches_of_one_is_their_mean_gradient(tmp_path):
     torch.testing.assert_close(terms["loss"], (losses[0] + losses[1]) / 2)
     for a, g0, g1 in zip(accumulated, *separate):
         torch.testing.assert_close(a, (g0 + g1) / 2, rtol=1e-5, atol=1e-7)
-    with pytest.raises(ValueError, match="accumulate_steps"):
-        Trainer(model, TrainSettings(accumulate_steps=0), tmp_path, {}, {}, torch.device("cpu"))
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="accumulate_steps"):
+            Trainer(model, TrainSettings(accumulate_steps=bad), tmp_path, {}, {}, torch.device("cpu"))
 

@@ -100,8 +100,8 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, settings: TrainSettings, logdir: str | Path, plans: dict[str, Any],
                  config: dict[str, Any], device: torch.device, dist: DistInfo = DistInfo(),
                  find_unused_parameters: bool = False):
-        if isinstance(settings.accumulate_steps, bool) or int(settings.accumulate_steps) != settings.accumulate_steps \
-                or settings.accumulate_steps < 1:
+        steps = settings.accumulate_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"accumulate_steps={settings.accumulate_steps!r}: expected an int >= 1 "
                              f"(batches per optimizer step)")
         self.settings, self.logdir, self.plans, self.config = settings, Path(logdir), plans, config
