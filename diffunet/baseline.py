@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from diffunet.presets import ARCHITECTURE_KEYS, _suggest, check_image, check_patch_size, resolve_config, stage_strides
+from diffunet.presets import (ARCHITECTURE_KEYS, _suggest, check_image, check_patch_size, resolve_config, stage_kernels,
+                              stage_strides)
 from diffunet.pure import normalized_entropy
 from diffunet.uncertainty import SampleOutput, uncertainty_map
 from diffunet.unet import ImageUNet
@@ -46,7 +47,7 @@ class PlainUNet(nn.Module):
         c = self.config
         self.num_classes = c["num_classes"]
         self.unet = ImageUNet(c["in_channels"], self.num_classes, c["features"], stage_strides(c["strides"]),
-                              c["convs_per_stage"], c["kernel_size"])
+                              c["convs_per_stage"], stage_kernels(c["kernel_size"], len(c["features"])))
 
     def check_patch_size(self, patch_size: Sequence[int]) -> None:
         """Raise ValueError (listing sizes that work) unless the network can divide ``patch_size`` (z, y, x)."""

@@ -17,7 +17,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from diffunet.boundary import boundary_target
 from diffunet.diffusion import T_MAX, LabelEmbedding, alpha_sigma, ddim_times, logsnr_cosine, noise_labels
-from diffunet.presets import FUSIONS, check_image, check_patch_size, resolve_config, stage_strides
+from diffunet.presets import FUSIONS, check_image, check_patch_size, resolve_config, stage_kernels, stage_strides
 from diffunet.pure import StepFusion, normalized_entropy
 from diffunet.uncertainty import MemberMean, SampleOutput, uncertainty_map
 from diffunet.unet import DenoiseUNet, ImageUNet
@@ -56,12 +56,12 @@ class DiffUNet(nn.Module):
         super().__init__()
         self.config = resolve_config(in_channels, num_classes, preset, **overrides)
         c = self.config
-        strides = stage_strides(c["strides"])
+        strides, kernels = stage_strides(c["strides"]), stage_kernels(c["kernel_size"], len(c["features"]))
         self.num_classes = c["num_classes"]
         self.boundary = ImageUNet(c["in_channels"], self.num_classes, c["features"], strides,
-                                  c["convs_per_stage"], c["kernel_size"])
+                                  c["convs_per_stage"], kernels)
         self.denoiser = DenoiseUNet(c["in_channels"], self.num_classes, c["features"], strides, c["convs_per_stage"],
-                                    c["kernel_size"], c["time_dim"], c["time_fourier_dim"], c["mba"])
+                                    kernels, c["time_dim"], c["time_fourier_dim"], c["mba"])
         self.label_embedding = LabelEmbedding(self.num_classes, c["bit_scale"])
         # run-time memory settings, not architecture (kept out of config): diffunet.set_memory_options
         self.mc_chunk: int | None = None

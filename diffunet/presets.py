@@ -12,7 +12,7 @@ from typing import Any, Callable
 from diffunet.pure import FUSIONS
 
 __all__ = ["PRESETS", "FUSIONS", "BOUNDARY_TARGETS", "SAMPLING_TIME_INPUTS", "ARCHITECTURE_KEYS", "paper", "tiny",
-           "resolve_config", "stage_strides", "total_strides", "check_patch_size", "check_image"]
+           "resolve_config", "stage_strides", "stage_kernels", "total_strides", "preset_features", "check_patch_size", "check_image"]
 
 BOUNDARY_TARGETS = ("boundary", "segmentation")
 SAMPLING_TIME_INPUTS = ("t", "logsnr")
@@ -23,7 +23,7 @@ def _defaults() -> dict[str, Any]:
     """Entries shared by every preset (the paper's and the original release's values)."""
     return {
         "convs_per_stage": 2,  # two 3x3x3 conv blocks per encoder and decoder stage
-        "kernel_size": 3,
+        "kernel_size": 3,  # one odd int for every conv, or per stage an int or (z, y, x) (a planned network: 1x3x3 ...)
         "time_dim": 32,  # width of the time embedding MLP
         "time_fourier_dim": 16,  # learned sinusoidal features (8 frequencies x sin/cos), plus the raw t
         "bit_scale": 0.001,  # label embedding scale, a constant in the release
@@ -57,6 +57,28 @@ PRESETS: dict[str, Callable[[], dict[str, Any]]] = {"paper": paper, "tiny": tiny
 def _suggest(name: str, options) -> str:
     close = difflib.get_close_matches(name, list(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def preset_features(preset: str, num_stages: int) -> list[int]:
+    """The widths of ``preset`` for a network of ``num_stages`` stages (a planned network's depth):
+    "paper" doubles from 32 and caps at 320 (nnU-Net's rule, which the paper's 32..320 follows), "tiny"
+    is a quarter of that (8, 16, 32, 64, 80, 80)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}{_suggest(preset, PRESETS)}; expected one of {sorted(PRESETS)}")
+    widths = [min(32 * 2 ** s, 320) for s in range(int(num_stages))]
+    return widths if preset == "paper" else [w // 4 for w in widths]
+
+
+def stage_kernels(kernel_size, num_stages: int) -> list[tuple[int, int, int]]:
+    """Per-stage conv kernels as (z, y, x) tuples from the ``kernel_size`` option: one int for every
+    stage (the published network and older checkpoints), or a list with an int or a (z, y, x) triple
+    per stage. ``ValueError`` unless every size is odd and positive and the list has ``num_stages`` entries."""
+    entries = [kernel_size] * num_stages if isinstance(kernel_size, int) else list(kernel_size)
+    out = [(int(k),) * 3 if isinstance(k, int) else tuple(int(v) for v in k) for k in entries]
+    if len(out) != num_stages or any(len(k) != 3 or any(v < 1 or v % 2 == 0 for v in k) for k in out):
+        raise ValueError(f"kernel_size must be an odd int or, per stage ({num_stages}), an odd int or (z, y, x) "
+                         f"triple of odd ints, got {kernel_size!r}")
+    return out
 
 
 def stage_strides(strides: list) -> list[tuple[int, int, int]]:
@@ -110,6 +132,8 @@ def resolve_config(in_channels: int, num_classes: int, preset: str = "paper", **
         config[key] = list(value) if isinstance(value, tuple) else value
     config["strides"] = [list(s) if isinstance(s, (list, tuple)) else int(s) for s in config["strides"]]
     config["features"] = [int(f) for f in config["features"]]
+    if not isinstance(config["kernel_size"], int):  # JSON-able: lists, never tuples
+        config["kernel_size"] = [list(k) if isinstance(k, (list, tuple)) else int(k) for k in config["kernel_size"]]
     if int(in_channels) < 1 or int(num_classes) < 2:
         raise ValueError(f"need in_channels >= 1 and num_classes >= 2 (background included), "
                          f"got in_channels={in_channels}, num_classes={num_classes}")
@@ -117,6 +141,7 @@ def resolve_config(in_channels: int, num_classes: int, preset: str = "paper", **
         raise ValueError(f"features {config['features']} and strides {config['strides']} need the same length >= 2")
     if any(len(s) != 3 for s in stage_strides(config["strides"])):
         raise ValueError(f"each stride must be an int or a (z, y, x) triple, got {config['strides']}")
+    stage_kernels(config["kernel_size"], len(config["features"]))  # raises on a bad one
     if config["fusion"] not in FUSIONS:
         raise ValueError(f"fusion must be one of {FUSIONS}, got {config['fusion']!r}")
     if config["boundary_target"] not in BOUNDARY_TARGETS:

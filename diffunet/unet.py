@@ -31,8 +31,7 @@ def conv_settings() -> dict[str, Any]:
 class TimeConvBlocks(nn.Module):
     """``num_convs`` conv blocks; a linear projection of SiLU(time embedding) is added after the first."""
 
-    def __init__(self, num_convs: int, in_channels: int, out_channels: int, kernel_size: int, stride,
-                 time_dim: int):
+    def __init__(self, num_convs: int, in_channels: int, out_channels: int, kernel_size, stride, time_dim: int):
         super().__init__()
         settings = conv_settings()
         self.first = ConvDropoutNormReLU(Conv3d, in_channels, out_channels, kernel_size, stride, **settings)
@@ -49,10 +48,11 @@ class TimeConvBlocks(nn.Module):
 
 class Decoder(nn.Module):
     """U-Net decoder: per stage transposed conv up, concat with the skip, conv blocks (time-conditioned
-    when ``time_dim`` is set); a 1x1x1 conv to ``num_classes`` logits on the top stage only."""
+    when ``time_dim`` is set) with the kernel of the skip's encoder stage (nnU-Net's rule); a 1x1x1 conv
+    to ``num_classes`` logits on the top stage only. ``kernels``: per stage (z, y, x), top first."""
 
     def __init__(self, features: list[int], strides: list, num_classes: int, convs_per_stage: int,
-                 kernel_size: int, time_dim: int | None = None):
+                 kernels: list, time_dim: int | None = None):
         super().__init__()
         self.up = nn.ModuleList()
         self.blocks = nn.ModuleList()
@@ -60,10 +60,10 @@ class Decoder(nn.Module):
             below, skip = features[s], features[s - 1]
             self.up.append(ConvTranspose3d(below, skip, strides[s], strides[s], bias=True))
             if time_dim is None:
-                self.blocks.append(StackedConvBlocks(convs_per_stage, Conv3d, 2 * skip, skip, kernel_size, 1,
+                self.blocks.append(StackedConvBlocks(convs_per_stage, Conv3d, 2 * skip, skip, kernels[s - 1], 1,
                                                      **conv_settings()))
             else:
-                self.blocks.append(TimeConvBlocks(convs_per_stage, 2 * skip, skip, kernel_size, 1, time_dim))
+                self.blocks.append(TimeConvBlocks(convs_per_stage, 2 * skip, skip, kernels[s - 1], 1, time_dim))
         self.head = Conv3d(features[0], num_classes, kernel_size=1)
 
     def forward(self, skips: list[torch.Tensor], temb: torch.Tensor | None = None) -> torch.Tensor:
@@ -77,14 +77,15 @@ class Decoder(nn.Module):
 
 class ImageUNet(nn.Module):
     """nnU-Net's plain U-Net on the image: logits, plus its encoder features of every stage (for MBA).
-    Diff-UNet's boundary branch, and the plain U-Net baseline (:mod:`diffunet.baseline`)."""
+    Diff-UNet's boundary branch, and the plain U-Net baseline (:mod:`diffunet.baseline`).
+    ``strides``, ``kernels``: per stage (z, y, x) tuples, top first."""
 
     def __init__(self, in_channels: int, num_classes: int, features: list[int], strides: list,
-                 convs_per_stage: int, kernel_size: int):
+                 convs_per_stage: int, kernels: list):
         super().__init__()
-        self.encoder = PlainConvEncoder(in_channels, len(features), features, Conv3d, kernel_size, strides,
+        self.encoder = PlainConvEncoder(in_channels, len(features), features, Conv3d, list(kernels), strides,
                                         convs_per_stage, return_skips=True, **conv_settings())
-        self.decoder = Decoder(features, strides, num_classes, convs_per_stage, kernel_size)
+        self.decoder = Decoder(features, strides, num_classes, convs_per_stage, kernels)
 
     def encode(self, image: torch.Tensor) -> list[torch.Tensor]:
         """``(B, C, D, H, W)`` -> encoder features per stage, top first."""
@@ -101,16 +102,16 @@ class DenoiseUNet(nn.Module):
     features by MBA after every stage (``mba=False``: no boundary input at all)."""
 
     def __init__(self, in_channels: int, num_classes: int, features: list[int], strides: list,
-                 convs_per_stage: int, kernel_size: int, time_dim: int, time_fourier_dim: int, mba: bool):
+                 convs_per_stage: int, kernels: list, time_dim: int, time_fourier_dim: int, mba: bool):
         super().__init__()
         self.time_embedding = TimeEmbedding(time_dim, time_fourier_dim)
         self.stages = nn.ModuleList()
         channels = in_channels + num_classes
-        for feat, stride in zip(features, strides):
-            self.stages.append(TimeConvBlocks(convs_per_stage, channels, feat, kernel_size, stride, time_dim))
+        for feat, stride, kernel in zip(features, strides, kernels):
+            self.stages.append(TimeConvBlocks(convs_per_stage, channels, feat, kernel, stride, time_dim))
             channels = feat
         self.mba = MBA(features) if mba else None
-        self.decoder = Decoder(features, strides, num_classes, convs_per_stage, kernel_size, time_dim)
+        self.decoder = Decoder(features, strides, num_classes, convs_per_stage, kernels, time_dim)
 
     def forward(self, image: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
                 boundary: list[torch.Tensor] | None = None) -> torch.Tensor:

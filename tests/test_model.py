@@ -77,6 +77,37 @@ def test_config_rebuilds_same_architecture():
     rebuilt.load_state_dict(model.state_dict())
 
 
+def test_per_stage_kernels_and_strides_build_a_planned_network():
+    """A thick-slice plan: 1x3x3 kernels and no z pooling on the top stages; the config is JSON-able, rebuilds the
+    same weights, the convs have the planned kernels, and an int kernel_size (older checkpoints) still builds."""
+    from diffunet import PlainUNet
+    from diffunet.presets import preset_features, stage_kernels
+
+    kernels, strides = [[1, 3, 3], [1, 3, 3], 3, 3], [1, [1, 2, 2], [2, 2, 2], [2, 2, 2]]
+    torch.manual_seed(0)
+    model = DiffUNet(1, 3, preset="tiny", kernel_size=kernels, strides=strides)
+    config = json.loads(json.dumps(model.config))
+    assert config["kernel_size"] == [[1, 3, 3], [1, 3, 3], 3, 3]
+    rebuilt = DiffUNet(**config)
+    rebuilt.load_state_dict(model.state_dict())  # strict: same shapes everywhere
+    assert model.boundary.encoder.stages[0][0].convs[0].conv.weight.shape[2:] == (1, 3, 3)
+    assert model.denoiser.stages[1].first.conv.weight.shape[2:] == (1, 3, 3)
+    assert model.denoiser.decoder.blocks[-1].first.conv.weight.shape[2:] == (1, 3, 3)  # the top decoder stage
+    assert model.denoiser.decoder.blocks[0].first.conv.weight.shape[2:] == (3, 3, 3)
+    image, label = _batch(1, 3, shape=(12, 16, 24), batch=1)  # z only divisible by 4: z pooled twice
+    out = model(image, label)
+    assert out.logits.shape == (1, 3, 12, 16, 24)
+    model.check_patch_size((12, 16, 24))
+    assert PlainUNet(1, 3, preset="tiny", kernel_size=kernels, strides=strides)(image).logits.shape == (1, 3, 12, 16, 24)
+    assert stage_kernels(3, 2) == [(3, 3, 3), (3, 3, 3)]
+    assert DiffUNet(1, 2, preset="tiny", kernel_size=3).config["kernel_size"] == 3
+    assert preset_features("paper", 7) == [32, 64, 128, 256, 320, 320, 320]
+    assert preset_features("tiny", 6) == [8, 16, 32, 64, 80, 80]
+    for bad in ([3, 3, 3], [[1, 3, 3], [1, 3], 3, 3], [2, 3, 3, 3], 4):
+        with pytest.raises(ValueError, match="kernel_size"):
+            DiffUNet(1, 2, preset="tiny", kernel_size=bad)
+
+
 def test_bad_options_raise():
     with pytest.raises(ValueError, match="fusion"):
         DiffUNet(1, 2, preset="tiny", fusoin="pure")

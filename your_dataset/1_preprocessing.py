@@ -20,6 +20,7 @@ dataset = "./data/raw_data/Dataset001_Example/dataset.json"  # a shipped descrip
 raw_dir = "./data/raw_data/Dataset001_Example"  # the raw cases, laid out as the description's raw_layout says
 output_dir = "./data/Dataset001_Example/fullres/train"  # preprocessed cases; the plan goes to its parent folder (plans.json)
 target_spacing = None  # (z, y, x) mm; None: the description's (or the median spacing without one); []: the median spacing
+gpu_memory_target_gb = 20.0  # GiB a training step may take: the planned patch, strides, kernels and batch fit it (a 24 GB card, with headroom)
 num_processes = 8  # worker processes (each needs a few GB for a full CT); 0 or 1: none
 overwrite = False  # True: plan again and redo every case; False: skip cases already done with this plan
 skip_bad_cases = False  # True: leave out unreadable or invalid cases and list them at the end; False: stop

@@ -5,9 +5,10 @@ progress.png in <logdir>, and the constants it ran with. A killed run continues 
 starting again without it moves the earlier run's files to <logdir>/previous_runs/.
 
 Examples:
-    python your_dataset/2_train_diffunet.py
+    python your_dataset/2_train_diffunet.py      # the plan's network, patch and batch (plans.json "network")
     torchrun --nproc_per_node=4 your_dataset/2_train_diffunet.py --resume=True     # 4 GPUs, batch_size per GPU
-    python your_dataset/2_train_diffunet.py --device=cpu --model_preset=tiny --patch_size=[48,48,48] --max_epoch=2 --num_iterations_per_epoch=10 --num_workers=1   # on CPU
+    python your_dataset/2_train_diffunet.py --device=cpu --model_preset=tiny --max_epoch=2 --num_iterations_per_epoch=10 --num_workers=1   # on CPU, the plan at tiny widths
+    python your_dataset/2_train_diffunet.py --planned_network=False --patch_size=[128,128,128] --batch_size=2   # the paper's network
     python your_dataset/2_train_diffunet.py --model_variant=unet --logdir=./logs/unet   # the plain U-Net baseline (ablation)
 """
 import sys
@@ -21,13 +22,14 @@ dataset = "./data/raw_data/Dataset001_Example/dataset.json"  # must match the pl
 data_dir = "./data/Dataset001_Example/fullres/train"  # preprocessed cases (the preprocessing script's output_dir); plans.json in its parent
 logdir = "./logs/Dataset001_Example"  # checkpoints in <logdir>/model/, tensorboard events and progress.png
 max_epoch = 1000  # epochs of num_iterations_per_epoch steps
-batch_size = 2  # patches per step (per GPU under torchrun)
+batch_size = None  # patches per step (per GPU under torchrun); None: the plan's (plans.json "network")
 val_every = 2  # validate (sampling on foreground patches of the held-out fold) every this many epochs
 device = "cuda:0"  # "cpu" without a GPU (a GPU that cannot be used is an error); under torchrun each rank takes cuda:LOCAL_RANK
-patch_size = [128, 128, 128]  # training patch (z, y, x); must suit the model (divisible by 32 for "paper")
+patch_size = None  # training patch (z, y, x); None: the plan's; a value must be a multiple of the network's total stride
 augmentation = True  # nnU-Net's augmentation recipe; False: plain patches
 oversample_foreground = 0.33  # share of training patches centred on a foreground voxel (nnU-Net's 0.33)
-model_preset = "paper"  # "paper" (the published network) or "tiny" (CPU tests and demos)
+model_preset = "paper"  # "paper" (the published widths 32..320) or "tiny" (a quarter of them: CPU tests and demos)
+planned_network = True  # True: the plan's per-stage strides and kernels (the number of stages too); False: the preset's
 model_variant = "diffunet"  # "diffunet", or "unet": the same denoiser U-Net fed only the image, DC+CE (baseline)
 mba = True  # multi-granularity boundary aggregation (ablation: False)
 mc_diff = True  # Monte-Carlo uncertainty weighting of the segmentation loss (ablation: False)

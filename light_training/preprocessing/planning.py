@@ -5,6 +5,8 @@ The plan (``plans.json``, one JSON file read by every later stage) holds the dat
 statistics) and what preprocessing does with it (target spacing, normalisation per channel, resampling
 orders and the anisotropy threshold): every value that changes the preprocessed arrays is read from
 the plan and is part of its hash. It holds the dataset description too, and so does every checkpoint.
+With a GPU memory target it holds the planned network as well (``"network"``: patch size, per-stage
+strides and kernels, batch size; :mod:`light_training.preprocessing.network_plan`), also in the hash.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from light_training.parallel import map_cases
 from light_training.preprocessing.normalization import intensity_statistics
 from light_training.preprocessing.preprocess import case_seed, nonzero_bounding_box
 from light_training.datasets import DatasetDescription, as_description
+from light_training.preprocessing.network_plan import Estimator, plan_network
 from light_training.preprocessing.raw_cases import RawCase, read_raw_case
 from light_training.preprocessing.resampling import ANISOTROPY_THRESHOLD, shape_for_spacing
 
@@ -28,9 +31,10 @@ __all__ = ["plans_path", "plans_hash", "plan_dataset", "prepare_plans"]
 
 INTENSITY_SAMPLES_TOTAL = 10_000_000  # foreground voxels sampled per channel over the whole dataset
 INTENSITY_SAMPLES_PER_CASE = (1_000, 100_000)  # ... but at least / at most this many per case
-# every plan entry that changes the preprocessed arrays: a case preprocessed under another hash is redone
+# every plan entry that changes the preprocessed arrays, and the planned network: a case preprocessed under
+# another hash is redone
 _PLANS_HASH_KEYS = ("dataset", "channel_names", "labels", "normalization", "target_spacing", "intensity_properties",
-                    "resampling")
+                    "resampling", "network")
 
 
 
@@ -65,18 +69,21 @@ def _check_spacing(target_spacing: Sequence[float] | None) -> list[float] | None
 
 def plans_hash(plans: dict[str, Any]) -> str:
     """A short hash of what decides the preprocessed arrays; stored in every case's properties."""
-    text = json.dumps({k: plans[k] for k in _PLANS_HASH_KEYS}, sort_keys=True)
+    text = json.dumps({k: plans.get(k) for k in _PLANS_HASH_KEYS}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def plan_dataset(raw_cases: Sequence[RawCase], description: DatasetDescription | str,
                  target_spacing: Sequence[float] | None = None, num_processes: int = 0,
-                 skip_bad_cases: bool = False) -> dict[str, Any]:
+                 skip_bad_cases: bool = False, gpu_memory_target_gb: float | None = None,
+                 estimator: Estimator | None = None) -> dict[str, Any]:
     """Fingerprint every case and make the plan (a JSON-able dict; see the module docstring).
 
     ``target_spacing`` (z, y, x) mm; None: the description's, ``[]`` (or None without one in the
     description): the median spacing of the dataset. Bad cases raise ``ValueError``, or with
-    ``skip_bad_cases`` are left out and listed under ``"bad_cases"``.
+    ``skip_bad_cases`` are left out and listed under ``"bad_cases"``. ``gpu_memory_target_gb``: plan the
+    network for a training step of at most this many GiB (``estimator``: see
+    :func:`~light_training.preprocessing.network_plan.plan_network`); None: no ``"network"`` entry.
     """
     description = as_description(description)
     dataset = description.name
@@ -110,17 +117,21 @@ def plan_dataset(raw_cases: Sequence[RawCase], description: DatasetDescription |
         "intensity_properties": [intensity_statistics(s) if s.size else None for s in samples],
         "num_cases": len(cases), "cases": cases, "bad_cases": dict(sorted(bad.items())),
     }
+    plans["network"] = None if gpu_memory_target_gb is None else plan_network(
+        plans["median_shape"], plans["target_spacing"], len(description.channel_names), description.num_classes,
+        gpu_memory_target_gb, len(cases), estimator)
     plans["plans_hash"] = plans_hash(plans)
     return plans
 
 
 def prepare_plans(path: str | Path, raw_cases: Sequence[RawCase], description: DatasetDescription | str,
                   target_spacing: Sequence[float] | None = None, num_processes: int = 0,
-                  overwrite: bool = False, skip_bad_cases: bool = False) -> dict[str, Any]:
+                  overwrite: bool = False, skip_bad_cases: bool = False,
+                  gpu_memory_target_gb: float | None = None) -> dict[str, Any]:
     """Plan the dataset and write ``path`` (``plans.json``), or reuse the plan already there.
 
     An existing plan is reused when it was made for the same dataset, the same requested target
-    spacing and exactly these cases, none of them bad, unless ``overwrite``. A plan of another dataset
+    spacing, the same GPU memory target and exactly these cases, none of them bad, unless ``overwrite``. A plan of another dataset
     raises ``ValueError`` (two datasets must not share a folder).
     """
     description = as_description(description)
@@ -133,9 +144,11 @@ def prepare_plans(path: str | Path, raw_cases: Sequence[RawCase], description: D
             and previous.get("description") == description.to_dict()
             and previous.get("requested_target_spacing")
             == _check_spacing(description.target_spacing if target_spacing is None else target_spacing)
-            and set(previous.get("cases", {})) == {raw.case for raw in raw_cases}):
+            and set(previous.get("cases", {})) == {raw.case for raw in raw_cases}
+            and (previous.get("network") or {}).get("gpu_memory_target_gb") == (
+                None if gpu_memory_target_gb is None else float(gpu_memory_target_gb))):
         print(f"reusing the plan {path} (same cases and settings; --overwrite=True plans again)")
         return previous
-    plans = plan_dataset(raw_cases, description, target_spacing, num_processes, skip_bad_cases)
+    plans = plan_dataset(raw_cases, description, target_spacing, num_processes, skip_bad_cases, gpu_memory_target_gb)
     write_json(plans, path)
     return plans

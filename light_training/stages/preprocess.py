@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from light_training.datasets import load_dataset
+from light_training.preprocessing.network_plan import describe_network
 from light_training.preprocessing.planning import plans_path, prepare_plans
 from light_training.preprocessing.preprocess import preprocess_dataset
 from light_training.preprocessing.raw_cases import NIFTI_ENDINGS, find_raw_cases, layout_path
@@ -17,7 +18,8 @@ def preprocess(config: dict[str, Any], script: str) -> None:
     """Plan the raw dataset and preprocess every case.
 
     Constants: ``dataset``, ``raw_dir``, ``output_dir`` (the plan goes to its parent), ``target_spacing``
-    (None: the description's; ``[]``: the median), ``num_processes``, ``overwrite``, ``skip_bad_cases``.
+    (None: the description's; ``[]``: the median), ``gpu_memory_target_gb`` (the planned network's training
+    step fits it), ``num_processes``, ``overwrite``, ``skip_bad_cases``.
     """
     description = load_dataset(config["dataset"])
     raw_dir, output_dir = Path(config["raw_dir"]), Path(config["output_dir"])
@@ -26,9 +28,12 @@ def preprocess(config: dict[str, Any], script: str) -> None:
         raise ValueError(f"{raw_dir}: no {description.name} case found (expected "
                          f"{' or '.join(description.raw_layout['images'])})")
     plans = prepare_plans(plans_path(output_dir), raw_cases, description, config["target_spacing"],
-                          config["num_processes"], config["overwrite"], config["skip_bad_cases"])
+                          config["num_processes"], config["overwrite"], config["skip_bad_cases"],
+                          config["gpu_memory_target_gb"])
     print(f"plan: {plans_path(output_dir)} ({description.name}, target spacing {plans['target_spacing']}, "
           f"{plans['num_cases']} cases)")
+    if plans.get("network"):
+        print("planned network: " + describe_network(plans["network"]))
     empty = [case for case, fingerprint in plans["cases"].items() if not any(fingerprint["label_values"])]
     for case in empty:
         print(f"warning: {case}: its label has no foreground voxel; it is preprocessed, validation leaves it "

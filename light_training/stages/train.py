@@ -8,16 +8,19 @@ from diffunet import set_memory_options
 from light_training.checkpoint import archive_previous_run, fold_logdir
 from light_training.datasets import load_dataset
 from light_training.io import read_json
+from light_training.preprocessing.network_plan import describe_network, planned_model_options
 from light_training.preprocessing.planning import plans_path
 from light_training.runtime import (cleanup_distributed, compile_for_training, configure_backends, resolve_device,
-                                    resolve_training_compile, seed_everything, set_cpu_threads, setup_distributed)
+                                    resolve_precision, resolve_training_compile, seed_everything, set_cpu_threads,
+                                    setup_distributed)
 from light_training.stages import StageFailed, write_config
 from light_training.training.augmentation import make_training_stream
 from light_training.training.dataloading import ValidationPatches
+from light_training.training.memory_check import check_gpu_memory, over_budget_warning, step_peak_bytes
 from light_training.training.splits import fold_cases
 from light_training.training.trainer import Trainer, TrainingStopped, TrainSettings
 
-__all__ = ["load_plans", "build_training_network", "train"]
+__all__ = ["load_plans", "build_training_network", "patch_and_batch", "train"]
 
 
 def load_plans(data_dir: str | Path, dataset: str) -> dict[str, Any]:
@@ -33,13 +36,68 @@ def load_plans(data_dir: str | Path, dataset: str) -> dict[str, Any]:
     return plans
 
 
+def _planned_network(plans: dict[str, Any], wanted: str) -> dict[str, Any]:
+    if not plans.get("network"):
+        raise ValueError(f"the plan of {plans.get('dataset')!r} holds no planned network ({wanted}): run the "
+                         f"preprocessing script again (it plans one for its gpu_memory_target_gb), or set the value")
+    return plans["network"]
+
+
 def build_training_network(config: dict[str, Any], plans: dict[str, Any]):
-    """The network the constants ask for (``model_variant``, ``model_preset`` and the model options)."""
+    """The network the constants ask for (``model_variant``, ``model_preset`` and the model options); with
+    ``planned_network`` the plan's per-stage strides and kernels, at ``model_preset``'s widths."""
     from diffunet import build_network
 
+    shape = (planned_model_options(_planned_network(plans, "planned_network=True"), config["model_preset"])
+             if config.get("planned_network") else {})
     return build_network(config["model_variant"], len(plans["channel_names"]), plans["num_classes"],
                          preset=config["model_preset"], mba=config["mba"], mc_diff=config["mc_diff"],
-                         boundary_target=config["boundary_target"])
+                         boundary_target=config["boundary_target"], **shape)
+
+
+def patch_and_batch(config: dict[str, Any], plans: dict[str, Any], model) -> tuple[list[int], int]:
+    """``patch_size`` and ``batch_size`` of the constants, the plan's where they are None; ``ValueError``
+    when the network cannot divide the patch."""
+    patch, batch = config["patch_size"], config["batch_size"]
+    if patch is None:
+        patch = _planned_network(plans, "patch_size=None")["patch_size"]
+    if batch is None:
+        batch = _planned_network(plans, "batch_size=None")["batch_size"]
+    try:
+        model.check_patch_size(patch)
+    except ValueError as err:
+        if config["patch_size"] is not None:
+            raise
+        raise ValueError(f"patch_size=None takes the plan's patch {patch}, but {err}; set --patch_size or use "
+                         f"--planned_network=True") from None
+    if int(batch) < 1:
+        raise ValueError(f"batch_size={batch!r}: expected at least 1 patch per step")
+    return [int(p) for p in patch], int(batch)
+
+
+def _check_memory(c: dict[str, Any], plans: dict[str, Any], model, patch: list[int], batch: int, device,
+                  is_main: bool) -> None:
+    """Print the plan beside the settings; on a GPU, estimate the step's peak, warn when explicit settings
+    exceed the plan's memory target, and stop (:class:`StageFailed`) when the free memory is below it.
+    No estimate on the CPU (it takes seconds, and the target is a GPU's)."""
+    from diffunet.presets import total_strides
+
+    network = plans.get("network")
+    planned = network is not None and patch == network["patch_size"] and batch == network["batch_size"]
+    if is_main and network is not None and not (planned and c.get("planned_network")):
+        print(f"the plan for this dataset (--planned_network=True --patch_size=None --batch_size=None): "
+              f"{describe_network(network)}")
+    if device.type != "cuda":
+        return
+    options = {k: c.get(k) for k in ("mc_chunk", "checkpointing", "accumulate_steps")}
+    estimate = step_peak_bytes(model, resolve_precision(c["precision"], device))
+    if network is not None and not planned and is_main:
+        warning = over_budget_warning(estimate(patch, batch, options), network, patch, batch)
+        if warning:
+            print(warning)
+    stop = check_gpu_memory(device, estimate, patch, batch, total_strides(model.config["strides"]), options)
+    if stop:
+        raise StageFailed(stop)
 
 
 def train(config: dict[str, Any], script: str) -> dict[str, Any]:
@@ -60,8 +118,10 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
     try:
         plans = load_plans(c["data_dir"], c["dataset"])
         model = build_training_network(c, plans)
-        model.check_patch_size(c["patch_size"])
         set_memory_options(model, mc_chunk=c["mc_chunk"], checkpointing=c["checkpointing"])
+        patch, batch = patch_and_batch(c, plans, model)
+        _check_memory(c, plans, model, patch, batch, device, dist.is_main)
+        c = {**c, "patch_size": patch, "batch_size": batch}  # resolved: the checkpoint's config tells prediction
         if resolve_training_compile(c["torch_compile"], device):
             compile_for_training(model)
         if not dist.is_main:
@@ -74,24 +134,25 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
             write_config(c, script, c["logdir"])
         dist.barrier()
         settings = TrainSettings(max_epoch=c["max_epoch"], num_iterations_per_epoch=c["num_iterations_per_epoch"],
-                                 batch_size=c["batch_size"], val_every=c["val_every"], lr=c["lr"],
+                                 batch_size=batch, val_every=c["val_every"], lr=c["lr"],
                                  precision=c["precision"], seed=c["seed"], accumulate_steps=c["accumulate_steps"])
         trainer = Trainer(model, settings, c["logdir"], plans, c, device, dist)
         configure_backends(device, trainer.precision)  # cudnn.benchmark; TF32 only under bf16/fp16
         if c["resume"]:
             trainer.resume()
-        stream = make_training_stream(c["data_dir"], train_cases, c["patch_size"], c["batch_size"], c["augmentation"],
+        stream = make_training_stream(c["data_dir"], train_cases, patch, batch, c["augmentation"],
                                       c["num_workers"], seed=[c["seed"], dist.rank, trainer.start_epoch],
                                       oversample_foreground_percent=c["oversample_foreground"])
-        validation = ValidationPatches(c["data_dir"], val_cases, c["patch_size"], c["num_val_patches"], c["seed"])
+        validation = ValidationPatches(c["data_dir"], val_cases, patch, c["num_val_patches"], c["seed"])
         if dist.is_main and validation.without_foreground:
             print(f"warning: validation case(s) without foreground left out of the pseudo Dice: "
                   f"{', '.join(validation.without_foreground)}" + ("" if len(validation) else "; no validation"))
         if dist.is_main:
             print(f"fold {c['fold']}: {len(train_cases)} training cases, {len(val_cases)} validation cases; "
-                  f"{c['model_variant']} ({c['model_preset']}) on {device} x {dist.world_size}, precision "
-                  f"{c['precision']}; effective batch {trainer.effective_batch} (batch_size {c['batch_size']} x "
-                  f"accumulate_steps {c['accumulate_steps']} x {dist.world_size} processes); "
+                  f"{c['model_variant']} ({c['model_preset']}"
+                  f"{', planned network' if c.get('planned_network') else ''}) on {device} x {dist.world_size}, "
+                  f"precision {c['precision']}; patch {patch}, effective batch {trainer.effective_batch} (batch_size "
+                  f"{batch} x accumulate_steps {c['accumulate_steps']} x {dist.world_size} processes); "
                   f"epochs {trainer.start_epoch + 1}..{c['max_epoch']}")
         result = trainer.fit(stream, validation)
     except TrainingStopped as err:
