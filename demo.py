@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 from light_training.io import read_json  # noqa: E402
-from light_training.machine import describe_cpu, threads_for_load  # noqa: E402
+from light_training.machine import busy_cores, describe_cpu, threads_for_load  # noqa: E402
 from light_training.stages import load_average, run, run_script, write_config  # noqa: E402
 
 datasets = ["aiib2023", "brats2023"]  # which chains to run
@@ -46,7 +46,7 @@ num_workers = 0  # augmentation worker processes; 0: in the training process, wh
 num_val_patches = 8  # validation patches for the pseudo Dice (picks best.pt: fewer make a noisy choice)
 oversample_foreground = 0.66  # share of training patches centred on foreground (the scripts' 0.33): airways sooner
 precision = "auto"  # training and prediction: bf16 autocast where the CPU has bf16 units (2x faster), else fp32
-num_threads = None  # torch threads; None: the cores the load at the start leaves idle (2 on an idle 2-core machine, 1 beside a busy process)
+num_threads = None  # torch threads; None: the cores other processes leave idle at the start (2 on an idle 2-core machine, 1 beside a busy process)
 mirror_axes = []  # test-time mirroring axes; [] keeps the demo fast
 overlap = 0.25  # sliding-window overlap (the scripts' 0.5 predicts 2.5x as many windows)
 torch_compile = False  # compiling the tiny model for two small cases costs more than it saves
@@ -97,9 +97,10 @@ def demo(c: dict[str, Any], script: str) -> None:
     unknown = [d for d in c["datasets"] if d not in CHAINS]
     if unknown:
         raise ValueError(f"unknown dataset(s) {unknown}; choose from {list(CHAINS)}")
-    threads = c["num_threads"] or threads_for_load(os.cpu_count() or 1, os.getloadavg()[0])
+    busy = busy_cores()
+    threads = c["num_threads"] or threads_for_load(os.cpu_count() or 1, busy)
     start = time.time()
-    print(f"machine: {_machine()}; torch threads {threads}; other processes share these cores", flush=True)
+    print(f"machine: {_machine()}; {busy:.1f} cores busy at the start: torch threads {threads}", flush=True)
     summaries, previews, timings = {}, {}, {}
     for dataset in c["datasets"]:
         chain = CHAINS[dataset]

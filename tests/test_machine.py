@@ -29,3 +29,18 @@ def test_cpu_description_names_cores_and_bf16():
     assert f"{os.cpu_count()} cores" in line
     assert ("bf16 units: yes" in line) == cpu_has_bf16()
     assert cpu_has_amx({"avx512f", "amx_bf16", "amx_tile"}) and not cpu_has_amx({"avx2", "avx512_bf16"})
+
+
+def test_busy_cores_sees_a_busy_process():
+    import subprocess
+    import sys
+
+    from light_training.machine import busy_cores
+
+    idle = busy_cores(0.5)
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = busy_cores(1.0)
+    finally:
+        spinner.kill()
+    assert 0 <= idle <= os.cpu_count() and busy >= 0.7  # one core taken by the spinning process
