@@ -134,9 +134,6 @@ class DiffUNet(nn.Module):
         t_k = torch.rand(k * b, device=image.device) * T_MAX
         x0_k = x0.detach().repeat(k, 1, 1, 1, 1)  # (k * B, K, D, H, W)
         noise = torch.randn_like(x0_k)
-        if chunk == k:  # one batch of k * B
-            logits_k = self.denoiser(image.repeat(k, 1, 1, 1, 1), noise_labels(x0_k, t_k, noise), t_k, terms)
-            return logits_k.unflatten(0, (k, b)).float().mean(0)
         total = None
         for start in range(0, k, chunk):
             n = min(chunk, k - start)
