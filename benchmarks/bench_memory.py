@@ -3,10 +3,10 @@
 The network's own code runs on fake tensors (shapes only) while every storage it creates is counted
 (light_training.memory); a row takes a few seconds on any CPU, no GPU needed. "fits" compares the peak,
 plus the allocator's margin and the CUDA context and workspaces (light_training.memory.fits_on_card), with
-the card sizes. The README's table is this script's default output.
+the card sizes. The table in docs/memory.md is this script's default output.
 
 Examples:
-    python benchmarks/bench_memory.py                                   # the paper preset: the README's table
+    python benchmarks/bench_memory.py                                   # the paper preset: the table in docs/memory.md
     python benchmarks/bench_memory.py --train_patches=[[112,160,128]] --batch_size=2 "--precisions=['bf16']"
     python benchmarks/bench_memory.py --preset=tiny --train_patches=[[32,32,32]] --sampling_patch=[32,32,32] --json=./logs/memory.json
 """

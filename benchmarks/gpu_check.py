@@ -7,7 +7,7 @@ bf16 and one fp16 conv3d, three paper-preset training steps at 2 x 128^3 with an
 of a 256^3 volume with the mirrors batched (and how many graphs torch.compile built), and the tiny model
 over a 600 x 512 x 512 volume. With --device=cpu the same checks run at small sizes (tiny preset; peaks
 from the CPU allocator's events in torch.profiler), which tests/test_gpu_check.py runs so this script
-cannot rot. Paste the table into the README's "On a GPU" section.
+cannot rot. Paste the table into docs/on_a_gpu.md.
 
 Examples:
     python benchmarks/gpu_check.py --json=./logs/gpu_check.json            # on a GPU

@@ -17,15 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffunet import network_from_config
 from light_training.io import atomic_path
+from light_training.release import is_release_state
 
 __all__ = ["CHECKPOINT_NAMES", "save_checkpoint", "load_checkpoint", "build_model", "rng_state", "set_rng_state",
-           "fold_logdir", "archive_previous_run", "is_release_state", "release_tensors"]
+           "fold_logdir", "archive_previous_run"]
 
 CHECKPOINT_NAMES = ("latest", "best", "final")  # <logdir>/model/<name>.pt
 _REQUIRED_KEYS = ("model_class", "model_config", "model")
-# a state dict of the original release (github.com/ge-xing/DiffUNet): its two networks' key prefixes
-RELEASE_EDGE_PREFIX, RELEASE_DENOISE_PREFIX = "edge_model.", "denoise_model."
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -49,42 +49,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     if is_release_state(checkpoint):
         raise ValueError(f"{path}: a state dict of the original Diff-UNet release, not a checkpoint of this project; "
-                         f"convert it first: python -m diffunet.convert_release {path} converted.pt")
+                         f"convert it first: python tools/convert_release.py --source={path} --output=converted.pt")
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in _REQUIRED_KEYS):
         raise ValueError(f"{path}: not a checkpoint of this project (expected the keys {list(_REQUIRED_KEYS)})")
     return checkpoint
 
 
-def is_release_state(obj: Any) -> bool:
-    """Whether a loaded file is a state dict of the original release (as the converter accepts it)."""
-    try:
-        release_tensors(obj)
-    except (ValueError, AttributeError):  # AttributeError: not a dict at all
-        return False
-    return True
-
-
-def release_tensors(state: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors of a release file: a plain state dict, or one under "state_dict"/"model"/"module";
-    a DataParallel "module." prefix is removed."""
-    for key in ("state_dict", "model", "module"):
-        if isinstance(state.get(key), dict):
-            state = state[key]
-    out = {}
-    for key, value in state.items():
-        if isinstance(value, torch.Tensor):
-            out[key[len("module."):] if key.startswith("module.") else key] = value
-    if not any(k.startswith(RELEASE_EDGE_PREFIX) for k in out) or not any(k.startswith(RELEASE_DENOISE_PREFIX) for k in out):
-        raise ValueError(f"not a state dict of the original Diff-UNet release: expected keys under "
-                         f"{RELEASE_EDGE_PREFIX!r} and {RELEASE_DENOISE_PREFIX!r}, got e.g. {sorted(out)[:3]}")
-    return out
-
-
 def build_model(checkpoint: dict[str, Any]) -> torch.nn.Module:
     """The model of a checkpoint, rebuilt from ``model_class`` ("DiffUNet" or "PlainUNet") and
     ``model_config`` with its weights (strictly: every key must match), in eval mode on the CPU."""
-    from diffunet import network_from_config  # here: the checkpoint module itself does not need the model package
-
     model = network_from_config(checkpoint.get("model_class"), checkpoint["model_config"])
     model.load_state_dict(checkpoint["model"])
     return model.eval()

@@ -2,14 +2,16 @@
 in DiffUNet. tests/reference/release_state_dict_*.txt list the keys and shapes of the release's ``DiffUNet(1, 2)``
 and ``DiffUNet(4, 4)`` state dicts, as its own code builds them."""
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from diffunet.convert_release import RELEASE_INFERENCE, convert_state_dict, main
 from light_training.checkpoint import build_model, load_checkpoint
+from light_training.release import RELEASE_INFERENCE, convert_state_dict
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 
@@ -94,23 +96,27 @@ def test_aliases_must_agree():
         convert_state_dict(release)
 
 
-def test_command_writes_a_checkpoint_that_loads_like_ours(tmp_path, capsys):
+def test_command_writes_a_checkpoint_that_loads_like_ours(tmp_path, repo_root):
     torch.save({"module." + k: v for k, v in release_state("DiffUNet_1_2").items()}, tmp_path / "release.pt")
     with pytest.raises(ValueError, match="convert_release"):  # the raw release file: the loader says what to do
         load_checkpoint(tmp_path / "release.pt")
     torch.save({"state_dict": release_state("DiffUNet_1_2")}, tmp_path / "wrapped.pt")  # as Lightning-style saves wrap it
     with pytest.raises(ValueError, match="convert_release"):
         load_checkpoint(tmp_path / "wrapped.pt")
-    assert main([str(tmp_path / "release.pt"), str(tmp_path / "ours.pt"), "--channel_names=CT",
-                 "--label_names=background,airway", "--dataset=aiib2023"]) == 0
-    printed = capsys.readouterr().out
-    assert "dropped 20 release keys, 208,208 parameters" in printed and "transforms.5.weight" in printed
+
+    def convert(*args):
+        return subprocess.run([sys.executable, "tools/convert_release.py", f"--source={tmp_path / 'release.pt'}",
+                               *args], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    result = convert(f"--output={tmp_path / 'ours.pt'}", "--channel_names=CT", "--label_names=background,airway",
+                     "--dataset=aiib2023")
+    assert result.returncode == 0, result.stderr
+    assert "dropped 20 release keys, 208,208 parameters" in result.stdout and "transforms.5.weight" in result.stdout
     checkpoint = load_checkpoint(tmp_path / "ours.pt")
     assert checkpoint["plans"]["channel_names"] == ["CT"] and checkpoint["plans"]["labels"] == [0, 1]
     model = build_model(checkpoint)
     assert sum(p.numel() for p in model.parameters()) == 62_834_512
-    assert main([str(tmp_path / "release.pt"), str(tmp_path / "bad.pt"), "--channel_names=a,b"]) == 1
-    assert "1 channel" in capsys.readouterr().err and not (tmp_path / "bad.pt").exists()
+    result = convert(f"--output={tmp_path / 'bad.pt'}", "--channel_names=a,b")
+    assert result.returncode == 1 and "1 channel" in result.stderr and not (tmp_path / "bad.pt").exists()
 
 
 def test_converted_weights_sample_what_the_release_sampled():

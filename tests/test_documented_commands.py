@@ -1,7 +1,8 @@
 """Every command the documentation shows names a script that exists and constants that script has.
 
 A user copies these lines; an override the script does not know stops it at once ("unknown constant").
-Read from the README, the Makefile and the docstrings of the numbered scripts, the demo and the benchmarks.
+Read from the README, every page of docs/, the Makefile and the docstrings of the numbered scripts, the tools,
+the demo and the benchmarks.
 """
 import ast
 import re
@@ -18,12 +19,12 @@ _OVERRIDE = re.compile(r"--(\w+)")
 
 def _documents() -> list[Path]:
     scripts = [*ROOT.glob("[0-9]_*.py"), *ROOT.glob("brats2023/[0-9]_*.py"), *ROOT.glob("your_dataset/[0-9]_*.py"),
-               ROOT / "demo.py", *ROOT.glob("benchmarks/*.py")]
-    return [ROOT / "README.md", ROOT / "Makefile", *sorted(scripts)]
+               *ROOT.glob("tools/*.py"), ROOT / "demo.py", *ROOT.glob("benchmarks/*.py")]
+    return [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md")), ROOT / "Makefile", *sorted(scripts)]
 
 
 def _text(path: Path) -> str:
-    """The README and Makefile whole; of a Python file, its docstring (the examples users copy)."""
+    """The README, the docs and the Makefile whole; of a Python file, its docstring (the examples users copy)."""
     if path.suffix != ".py":
         return path.read_text()
     return ast.get_docstring(ast.parse(path.read_text())) or ""
@@ -58,8 +59,16 @@ COMMANDS = documented_commands()
 def test_the_documentation_shows_commands():
     scripts = {script for _, script, _ in COMMANDS}
     assert {"3_predict_aiib2023.py", "brats2023/3_train_diffunet_brats2023.py", "demo.py",
-            "benchmarks/bench_ablations.py"} <= scripts
+            "benchmarks/bench_ablations.py", "tools/generate_synthetic.py", "tools/convert_release.py"} <= scripts
     assert len(COMMANDS) > 30
+    assert {where.split(":")[0] for where, _, _ in COMMANDS} >= {"README.md", "docs/own_dataset.md", "docs/speed.md"}
+
+
+def test_the_readme_is_a_front_page_that_links_every_page_of_docs():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    unlinked = [p.name for p in sorted(ROOT.glob("docs/*.md")) if f"](docs/{p.name}" not in readme]
+    assert not unlinked, f"README.md links no {unlinked}"
 
 
 @pytest.mark.parametrize("where, script, overrides", COMMANDS, ids=[f"{w} {s}" for w, s, _ in COMMANDS])

@@ -40,7 +40,7 @@ def test_values_worked_out_by_hand(spacing, hd95_whole):
     row = region_case_metrics(shifted(), label_map(), spacing, REGIONS)
     assert list(row) == list(region_columns(REGIONS))
     # whole liver: two 10-voxel cubes 2 voxels apart along x, overlapping in 10 x 10 x 8 = 800 voxels:
-    # Dice 2 * 800 / 2000 = 0.8; HD95 = 2 voxels along x = 2 * spacing_x mm (tests/test_metrics_brats.py).
+    # Dice 2 * 800 / 2000 = 0.8; HD95 = 2 voxels along x = 2 * spacing_x mm (tests/test_metric_primitives.py).
     assert row["whole_liver_Dice"] == pytest.approx(0.8)
     assert row["whole_liver_HD95"] == pytest.approx(hd95_whole)
     # liver (label 1 only): the ground truth lacks the 8 voxels of label 2: 992 and 1000 voxels, overlap
@@ -88,7 +88,7 @@ def test_bad_input_is_an_error():
 
 def test_one_printed_table_per_region_even_when_one_name_starts_another():
     from light_training.datasets import parse_description
-    from light_training.stages.evaluate import metric_for
+    from light_training.evaluation.metric_sets import metric_for
 
     for metrics in ("dice_hd95", "brats2023"):
         description = parse_description({"channel_names": {"0": "CT"}, "numTraining": 2, "file_ending": ".nii.gz",

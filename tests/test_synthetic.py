@@ -201,7 +201,7 @@ def test_aiib_shapes_vary_by_default_and_bad_arguments_are_named(tmp_path):
 
 def test_cli(tmp_path, repo_root):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "light_training.synthetic", *args], cwd=repo_root,
+        return subprocess.run([sys.executable, "tools/generate_synthetic.py", *args], cwd=repo_root,
                               capture_output=True, text=True, timeout=120)
     result = run("--dataset=brats2023", "--num_cases=2", f"--out={tmp_path}", "--shape=(16,20,18)", "--seed=3")
     assert result.returncode == 0, result.stderr

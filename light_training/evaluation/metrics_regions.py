@@ -3,7 +3,7 @@
 A region is a name and the label values it unites, in an ordered mapping ``{name: [label values]}``: a plain
 label is ``[v]``, a union such as a whole tumour ``[1, 2, 3]``. Spaces in names become ``_``; the columns are
 ``<name>_Dice`` and ``<name>_HD95``, region by region. The conventions are BraTS's, computed by the same code
-(:mod:`light_training.evaluation.metrics_brats`):
+(:mod:`light_training.evaluation.primitives`):
 
 - Dice: 2 |P n G| / (|P| + |G|); 1 when both masks are empty.
 - HD95 (mm, from the voxel spacing): the larger of the two area-weighted 95th percentiles of the distances
@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from light_training.evaluation.metrics_brats import check_case, dice, hd95, normalize_regions
+from light_training.evaluation.primitives import check_case, dice, hd95, normalize_regions
 
 __all__ = ["region_columns", "region_case_metrics"]
 

@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.stats import rankdata
 
-from light_training.evaluation.metrics_brats import dice
+from light_training.evaluation.primitives import dice
 from light_training.evaluation.scoring import (UNCERTAINTY_SUFFIX, CaseMetric, CasePair, Evaluation,
                                                evaluate_folder)
 from light_training.io import Geometry, ImageReadError, read_volume

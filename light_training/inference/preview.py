@@ -29,7 +29,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from PIL import Image  # a dependency of matplotlib
 
-from light_training.evaluation.metrics_brats import dice
+from light_training.evaluation.primitives import dice
 from light_training.io import atomic_path
 
 __all__ = ["PREVIEW_WIDTH_PX", "PREVIEW_DPI", "ROW_HEIGHT_PX", "HEADER_PX", "AXIAL_QUANTILES",

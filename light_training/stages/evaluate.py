@@ -1,37 +1,15 @@
 """The metrics stage: score a folder of predictions with the metric set of the dataset's description."""
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
-from light_training.datasets import DatasetDescription, load_dataset
+from light_training.datasets import load_dataset
+from light_training.evaluation.metric_sets import metric_for
 from light_training.preprocessing.raw_cases import find_label_files
 from light_training.stages import write_config
 
-__all__ = ["metric_for", "evaluate"]
-
-
-def metric_for(description: DatasetDescription) -> tuple[Callable, tuple[str, ...], list[list[str]]]:
-    """``(case metric, its columns, column groups to print as one table each)`` of a description."""
-    regions = description.evaluation_regions()
-    if description.metrics == "aiib2023":
-        from light_training.evaluation.metrics_aiib import AIIB_COLUMNS, aiib_case_metrics
-        return aiib_case_metrics, tuple(AIIB_COLUMNS), [list(AIIB_COLUMNS)]
-    if description.metrics == "brats2023":
-        from light_training.evaluation.metrics_brats import brats_case_metrics, brats_columns
-        columns = brats_columns(regions)
-        return partial(brats_case_metrics, regions=regions), columns, _groups(columns, regions)
-    from light_training.evaluation.metrics_regions import region_case_metrics, region_columns
-    columns = region_columns(regions)
-    return partial(region_case_metrics, regions=regions), columns, _groups(columns, regions)
-
-
-def _groups(columns: Sequence[str], regions: dict[str, list[int]]) -> list[list[str]]:
-    """One group per region: the metric columns come region by region, as many per region (by name prefix,
-    region "liver" would also claim "liver_tumour_Dice")."""
-    per_region = len(columns) // len(regions)
-    return [list(columns[i:i + per_region]) for i in range(0, len(columns), per_region)]
+__all__ = ["evaluate"]
 
 
 def evaluate(config: dict[str, Any], script: str) -> Any:

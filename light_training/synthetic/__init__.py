@@ -1,1 +1,1 @@
-"""Synthetic datasets in the raw layouts of their dataset descriptions (``python -m light_training.synthetic``)."""
+"""Synthetic datasets in the raw layouts of their dataset descriptions (the command: ``tools/generate_synthetic.py``)."""

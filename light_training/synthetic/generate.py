@@ -1,10 +1,6 @@
 """Synthetic AIIB2023 (chest CT, airway) and BraTS2023 (brain MRI, glioma) datasets in the raw layouts.
 
-Run the whole pipeline before having the real data::
-
-    python -m light_training.synthetic --dataset=aiib2023 --num_cases=12 --out=./data/raw_data
-    python -m light_training.synthetic --dataset=brats2023 --num_cases=12 --out=./data/raw_data --shape=(155,240,240)
-
+Run the whole pipeline before having the real data with ``tools/generate_synthetic.py``,
 or from Python with :func:`generate_aiib2023` / :func:`generate_brats2023`. The anatomy is drawn by
 :mod:`light_training.synthetic.ct` and :mod:`light_training.synthetic.mri`. Every case draws from its
 own ``numpy`` generator seeded with ``(seed, dataset, case index)``: the same seed gives byte-identical
@@ -12,8 +8,6 @@ arrays, and a case does not depend on how many cases are generated.
 """
 from __future__ import annotations
 
-import difflib
-import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +15,6 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from light_training.config import parse_value
 from light_training.datasets import DatasetDescription, load_dataset
 from light_training.io import Geometry, write_json, write_volume
 from light_training.preprocessing.raw_cases import layout_path
@@ -30,7 +23,7 @@ from light_training.synthetic.mri import SEQUENCES, synthesize_mri
 
 __all__ = ["AIIB_FOLDER", "BRATS_FOLDER", "EXAMPLE_FOLDER", "DEFAULT_SHAPE_AIIB", "DEFAULT_SHAPE_BRATS",
            "generate_aiib2023", "generate_brats2023", "generate_example", "example_description", "write_case",
-           "case_rng", "main"]
+           "case_rng", "generate_dataset"]
 
 AIIB_FOLDER = "AIIB23_Train_T1"
 BRATS_FOLDER = "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData"
@@ -212,49 +205,17 @@ def generate_example(out_dir: str | Path, num_cases: int = 8, seed: int = 0, sha
 
 _GENERATORS = {"aiib2023": generate_aiib2023, "brats2023": generate_brats2023, "example": generate_example}
 _FOLDERS = {"aiib2023": AIIB_FOLDER, "brats2023": BRATS_FOLDER, "example": EXAMPLE_FOLDER}
-_OPTIONS = {  # name: (default, help)
-    "dataset": ("aiib2023", "aiib2023 (chest CT, airway), brats2023 (brain MRI, glioma) or example (nnU-Net layout)"),
-    "num_cases": (12, "number of cases"),
-    "out": ("./data/raw_data", "output folder; the dataset's own folder is made inside it"),
-    "seed": (0, "same seed, byte-identical arrays"),
-    "shape": (None, f"(z,y,x) of every case; None: {DEFAULT_SHAPE_AIIB} (AIIB, varied per case) "
-                    f"or {DEFAULT_SHAPE_BRATS} (BraTS)"),
-}
 
 
-def main(argv: Sequence[str] | None = None) -> list[str]:
-    """The command line: ``--name=value`` options (see ``--help``); returns the case ids written."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if any(arg in ("-h", "--help") for arg in argv):
-        print("\n\n".join(__doc__.split("\n\n")[:3]).replace("::", ":") + "\n\nOptions (--name=value):")
-        for name, (default, text) in _OPTIONS.items():
-            print(f"  --{name:<10} = {default!r:<18} # {text}")
-        raise SystemExit(0)
-    values = {name: default for name, (default, _) in _OPTIONS.items()}
-    for arg in argv:
-        name, has_value, raw = arg[2:].partition("=") if arg.startswith("--") else ("", False, "")
-        name = name.replace("-", "_")
-        if not has_value or name not in _OPTIONS:
-            close = difflib.get_close_matches(name, list(_OPTIONS), n=1)
-            hint = f"did you mean --{close[0]}? " if close and name else ""
-            raise SystemExit(f"light_training.synthetic: unexpected argument {arg!r}; {hint}"
-                             f"options are {', '.join('--' + n + '=...' for n in _OPTIONS)} (see --help)")
-        try:
-            values[name] = parse_value(name, raw, _OPTIONS[name][0])
-        except ValueError as err:
-            raise SystemExit(f"light_training.synthetic: {err}") from None
-    if values["dataset"] not in _GENERATORS:
-        raise SystemExit(f"light_training.synthetic: --dataset={values['dataset']}: choose from {list(_GENERATORS)}")
-    generate = _GENERATORS[values["dataset"]]
+def generate_dataset(config: dict[str, Any], script: str) -> list[str]:
+    """The entry of ``tools/generate_synthetic.py``: ``num_cases`` cases of ``dataset`` ("aiib2023",
+    "brats2023" or "example") under ``out`` with ``seed`` and ``shape``; returns the case ids written.
+    Raises ``ValueError`` naming a bad constant."""
+    c = config
+    if c["dataset"] not in _GENERATORS:
+        raise ValueError(f"--dataset={c['dataset']}: choose from {list(_GENERATORS)}")
     start = time.time()
-    try:
-        cases = generate(values["out"], values["num_cases"], values["seed"], values["shape"], verbose=True)
-    except ValueError as err:
-        raise SystemExit(f"light_training.synthetic: {err}") from None
-    folder = Path(values["out"]) / _FOLDERS[values["dataset"]]
-    print(f"wrote {len(cases)} {values['dataset']} cases to {folder} in {time.time() - start:.1f} s")
+    cases = _GENERATORS[c["dataset"]](c["out"], c["num_cases"], c["seed"], c["shape"], verbose=True)
+    folder = Path(c["out"]) / _FOLDERS[c["dataset"]]
+    print(f"wrote {len(cases)} {c['dataset']} cases to {folder} in {time.time() - start:.1f} s")
     return cases
-
-
-if __name__ == "__main__":
-    main()

@@ -1,14 +1,12 @@
-"""Turn a state dict of the original Diff-UNet release (github.com/ge-xing/DiffUNet) into a checkpoint of ours.
+"""The original Diff-UNet release (github.com/ge-xing/DiffUNet) and its state dicts: how to recognise one, and
+how it becomes a checkpoint of ours.
 
-    python -m diffunet.convert_release final_model_0.9460.pt diffunet_release.pt
-    python -m diffunet.convert_release release.pt out.pt --plans=./data/fullres/train/plans.json
-
-The result loads like any checkpoint of this project (``light_training.checkpoint.load_checkpoint`` +
-``build_model``). Its model config reproduces the release's inference: log-SNR(t) as the time input when
+The converted checkpoint loads like any checkpoint of this project (:func:`light_training.checkpoint.load_checkpoint`
++ ``build_model``). Its model config reproduces the release's inference: log-SNR(t) as the time input when
 sampling, the mean of the step logits ("mean" fusion) plus the boundary logits, the boundary branch trained
 on the segmentation; so, from the same starting noise, ``DiffUNet.sample`` gives the release's
 ``softmax(model(x, ddim=True))``. The architecture (stages, features, strides, classes, channels) is read
-from the tensor shapes.
+from the tensor shapes. The command line: ``tools/convert_release.py``.
 
 What changes on the way: the release's decoders hold their encoder as a submodule, so each encoder tensor
 appears under two keys (``*.encoder.*`` and ``*.decoder.encoder.*``): both are checked to be equal and
@@ -18,27 +16,24 @@ four lower decoder stages of both U-Nets.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from diffunet.model import DiffUNet
-from light_training.checkpoint import RELEASE_DENOISE_PREFIX as _DENOISE, release_tensors, save_checkpoint
 
-__all__ = ["RELEASE_INFERENCE", "ConversionReport", "release_architecture", "map_release_key",
-           "convert_state_dict", "release_checkpoint", "main"]
+__all__ = ["RELEASE_EDGE_PREFIX", "RELEASE_DENOISE_PREFIX", "RELEASE_INFERENCE", "ConversionReport",
+           "is_release_state", "release_tensors", "release_architecture", "map_release_key", "convert_state_dict",
+           "release_checkpoint"]
 
+# a state dict of the original release: its two networks' key prefixes
+RELEASE_EDGE_PREFIX, RELEASE_DENOISE_PREFIX = "edge_model.", "denoise_model."
 # the release's inference, as options of ours (diffunet/diffunet_model.py and nnunet3d_denoise.py there)
 RELEASE_INFERENCE = {"sampling_time_input": "logsnr", "fusion": "mean", "add_boundary_logits": True,
                      "boundary_target": "segmentation", "steps": 3, "rand_steps": 1, "mc_samples": 3,
                      "bit_scale": 0.001}
-
 
 
 @dataclass
@@ -48,6 +43,31 @@ class ConversionReport:
     dropped: list[str] = field(default_factory=list)
     dropped_parameters: int = 0
     aliases: list[str] = field(default_factory=list)
+
+
+def is_release_state(obj: Any) -> bool:
+    """Whether a loaded file is a state dict of the original release (as the converter accepts it)."""
+    try:
+        release_tensors(obj)
+    except (ValueError, AttributeError):  # AttributeError: not a dict at all
+        return False
+    return True
+
+
+def release_tensors(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a release file: a plain state dict, or one under "state_dict"/"model"/"module";
+    a DataParallel "module." prefix is removed."""
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state.get(key), dict):
+            state = state[key]
+    out = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            out[key[len("module."):] if key.startswith("module.") else key] = value
+    if not any(k.startswith(RELEASE_EDGE_PREFIX) for k in out) or not any(k.startswith(RELEASE_DENOISE_PREFIX) for k in out):
+        raise ValueError(f"not a state dict of the original Diff-UNet release: expected keys under "
+                         f"{RELEASE_EDGE_PREFIX!r} and {RELEASE_DENOISE_PREFIX!r}, got e.g. {sorted(out)[:3]}")
+    return out
 
 
 def release_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -69,13 +89,13 @@ def release_architecture(state: dict[str, torch.Tensor]) -> dict[str, Any]:
         strides.append(kernel[0] if len(set(kernel)) == 1 else list(kernel))
     return {
         "in_channels": first[1],
-        "num_classes": shape(_DENOISE + "embedding_table.weight")[0],
+        "num_classes": shape(RELEASE_DENOISE_PREFIX + "embedding_table.weight")[0],
         "features": [shape(f"edge_model.encoder.stages.{s}.0.convs.0.conv.weight")[0] for s in range(n)],
         "strides": strides,
         "convs_per_stage": convs,
         "kernel_size": first[-1],
-        "time_dim": shape(_DENOISE + "time_mlp.1.weight")[0],
-        "time_fourier_dim": 2 * shape(_DENOISE + "time_mlp.0.weights")[0],
+        "time_dim": shape(RELEASE_DENOISE_PREFIX + "time_mlp.1.weight")[0],
+        "time_fourier_dim": 2 * shape(RELEASE_DENOISE_PREFIX + "time_mlp.0.weights")[0],
     }
 
 
@@ -178,41 +198,3 @@ def release_checkpoint(release: dict[str, Any], source: str = "", plans: dict[st
     checkpoint = {"model_class": type(model).__name__, "model_config": dict(c), "model": model.state_dict(),
                   "plans": plans, "config": {"converted_from": source, "dropped": report.dropped}}
     return checkpoint, report
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m diffunet.convert_release",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", help="state dict of the original release (torch.save of model.state_dict())")
-    parser.add_argument("output", help="checkpoint of this project to write")
-    parser.add_argument("--plans", help="plans.json of our preprocessing to store (needed to predict raw images)")
-    parser.add_argument("--dataset", default="release", help="dataset name of the minimal plan (without --plans)")
-    parser.add_argument("--channel_names", help="comma-separated channel names, e.g. CT or t1n,t1c,t2w,t2f")
-    parser.add_argument("--label_names", help="comma-separated class names, background first")
-    args = parser.parse_args(argv)
-    try:
-        release = torch.load(args.source, map_location="cpu", weights_only=True)
-        plans = json.loads(Path(args.plans).read_text()) if args.plans else None
-        split = (lambda text: text.split(",") if text else None)
-        checkpoint, report = release_checkpoint(release, str(args.source), plans, args.dataset,
-                                                split(args.channel_names), split(args.label_names))
-    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as err:
-        print(f"convert_release: {args.source}: {err}", file=sys.stderr)
-        return 1
-    save_checkpoint(checkpoint, args.output)
-    c = checkpoint["model_config"]
-    arch = {k: c[k] for k in ("in_channels", "num_classes", "features", "strides")}
-    print(f"converted {args.source} -> {args.output}: DiffUNet {arch}")
-    print(f"  release inference: " + ", ".join(f"{k}={c[k]!r}" for k in RELEASE_INFERENCE))
-    print(f"  {len(report.aliases)} release keys name a tensor another key names (the decoders' copy of their "
-          f"encoder, nnU-Net's all_modules views): checked equal, mapped once")
-    print(f"  dropped {len(report.dropped)} release keys, {report.dropped_parameters:,} parameters (modules the "
-          f"release never calls):")
-    for line in report.dropped:
-        print(f"    {line}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
