@@ -25,7 +25,7 @@ from light_training.inference.postprocessing import Postprocessing, read_postpro
 from light_training.inference.resume import file_digest
 from light_training.io import read_json
 
-__all__ = ["checkpoint_paths", "load_predictor", "predictor_from_checkpoint", "check_same_plans", "load_ensemble",
+__all__ = ["checkpoint_paths", "find_folds", "load_predictor", "predictor_from_checkpoint", "check_same_plans", "load_ensemble",
            "Models", "load_models"]
 
 
@@ -47,6 +47,13 @@ def checkpoint_paths(checkpoint: str | Sequence[str] | None, folds: Sequence[int
     if len(set(paths)) != len(paths):
         raise ValueError(f"the same checkpoint twice in {[str(p) for p in paths]}")
     return paths
+
+
+def find_folds(logdir: str | Path, checkpoint_name: str = "best") -> list[int]:
+    """The folds of a training run that have ``<fold folder>/model/<checkpoint_name>.pt``, in order."""
+    logdir = Path(logdir)
+    candidates = [0] + sorted(int(p.name[5:]) for p in logdir.glob("fold_*") if p.name[5:].isdigit())
+    return [f for f in candidates if (fold_logdir(logdir, f) / "model" / f"{checkpoint_name}.pt").is_file()]
 
 
 def load_predictor(checkpoint_path: str | Path, dataset: str | dict | None, device: torch.device
