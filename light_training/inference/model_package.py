@@ -33,11 +33,12 @@ from light_training.checkpoint import read_checkpoint
 from light_training.inference.postprocessing import POSTPROCESSING_FILE, Postprocessing
 from light_training.io import atomic_path
 
-__all__ = ["MODEL_JSON", "FORMAT", "ModelPackage", "plans_difference", "model_info", "export_model", "open_model",
+__all__ = ["MODEL_JSON", "FORMAT", "CROSSVAL_FOLDER", "ModelPackage", "plans_difference", "model_info", "export_model", "open_model",
            "check_plans", "read_member_checkpoint"]
 
 MODEL_JSON = "model.json"
 FORMAT = 1  # model.json's "format": what open_model can read
+CROSSVAL_FOLDER = "crossval"  # <logdir>/crossval/: the metrics of the held-out predictions (the metrics scripts')
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def export_model(paths: Sequence[str | Path], checkpoints: Sequence[dict[str, An
     if postprocessing is not None:
         members[POSTPROCESSING_FILE] = _json(postprocessing.to_dict())
     for path in map(Path, metrics):
-        members[f"crossval/{path.name}"] = path.read_bytes()
+        members[f"{CROSSVAL_FOLDER}/{path.name}"] = path.read_bytes()
     digests = {name: _digest(data) for name, data in members.items()}
     members[MODEL_JSON] = _json(model_info(checkpoints, folds, checkpoint_name, digests))
     with atomic_path(output) as tmp, zipfile.ZipFile(tmp, "w") as archive:

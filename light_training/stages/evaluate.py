@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from light_training.datasets import DatasetDescription, load_dataset
+from light_training.inference.model_package import CROSSVAL_FOLDER
 from light_training.inference.postprocessing import write_postprocessing
 from light_training.inference.resume import RECORD_SUFFIX
 from light_training.io import atomic_path, read_json
 from light_training.preprocessing.raw_cases import find_label_files
 from light_training.stages import write_config
-from light_training.stages.export import CROSSVAL_FOLDER
 
 __all__ = ["metric_for", "evaluate"]
 

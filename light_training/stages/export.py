@@ -7,13 +7,11 @@ from typing import Any
 
 from light_training.checkpoint import CHECKPOINT_NAMES
 from light_training.inference.ensemble import checkpoint_paths, find_folds, load_ensemble
-from light_training.inference.model_package import export_model, open_model
+from light_training.inference.model_package import CROSSVAL_FOLDER, export_model, open_model
 from light_training.inference.postprocessing import read_postprocessing
 from light_training.stages import write_config
 
-__all__ = ["CROSSVAL_FOLDER", "export"]
-
-CROSSVAL_FOLDER = "crossval"  # <logdir>/crossval/: the metrics of the held-out predictions (the metrics scripts)
+__all__ = ["export"]
 
 
 def _metrics_files(metrics: str | list[str] | None, logdir: Path | None) -> list[Path]:
