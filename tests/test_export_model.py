@@ -114,3 +114,21 @@ def test_damaged_foreign_and_other_plan_zips_are_refused_before_any_scan(trained
               f"--save_dir={tmp_path / 'x'}", *PREDICT)
     with pytest.raises(ValueError, match="not both"):
         stage(repo_root, "3_predict_aiib2023.py", predict, f"--model={good}", "--folds=[0]", *PREDICT)
+
+
+def test_a_converted_release_checkpoint_exports_the_same_way(repo_root, tmp_path):
+    """The converter's output has a minimal plan and no fold (diffunet.convert_release.release_checkpoint); a
+    tiny network stands in for the release's 62.8 M parameters."""
+    from diffunet import build_network
+    from light_training.checkpoint import save_checkpoint
+
+    model = build_network("diffunet", 1, 2, preset="tiny")
+    plans = {"dataset": "aiib2023", "channel_names": ["CT"], "labels": [0, 1], "label_names": ["background", "airway"],
+             "num_classes": 2}
+    save_checkpoint({"model_class": "DiffUNet", "model_config": dict(model.config), "model": model.state_dict(),
+                     "plans": plans, "config": {"converted_from": "release.pt", "dropped": []}}, tmp_path / "ours.pt")
+    stage(repo_root, "tools/export_model.py", export, f"--checkpoint={tmp_path / 'ours.pt'}",
+          f"--output={tmp_path / 'release.zip'}")
+    package = open_model(tmp_path / "release.zip", "aiib2023")
+    assert package.info["folds"] == [0] and package.info["classes"] == {"background": 0, "airway": 1}
+    assert package.members == ("fold_0/checkpoint.pt",) and package.postprocessing is None

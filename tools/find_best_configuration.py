@@ -9,7 +9,7 @@ Each run is a folder of held-out predictions under results_dir, predicted with i
 
 Examples:
     python tools/find_best_configuration.py --runs=[diffunet,unet,diffunet_no_mba]
-    python tools/find_best_configuration.py --dataset=brats2023 --runs=[diffunet,unet] --results_dir=./prediction_results/brats2023 --raw_dir=./data/raw_data/BraTS2023 --output_dir=./prediction_results/brats2023/best_configuration
+    python tools/find_best_configuration.py --dataset=brats2023 --runs=[diffunet,unet] --results_dir=./prediction_results/brats2023 --raw_dir=./data/raw_data/ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData --output_dir=./prediction_results/brats2023/best_configuration
     python tools/find_best_configuration.py --runs=[diffunet,unet] --ensembles=False --num_processes=2   # on CPU, without the pairs
 """
 import sys
