@@ -25,8 +25,8 @@ from light_training.inference.postprocessing import Postprocessing, read_postpro
 from light_training.inference.resume import file_digest
 from light_training.io import read_json
 
-__all__ = ["checkpoint_paths", "find_folds", "load_predictor", "predictor_from_checkpoint", "check_same_plans", "load_ensemble",
-           "Models", "load_models"]
+__all__ = ["checkpoint_paths", "find_folds", "load_predictor", "predictor_from_checkpoint", "check_same_plans",
+           "load_ensemble", "Models", "load_models"]
 
 
 def checkpoint_paths(checkpoint: str | Sequence[str] | None, folds: Sequence[int] | None, logdir: str | Path,

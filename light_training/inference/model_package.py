@@ -33,8 +33,8 @@ from light_training.checkpoint import read_checkpoint
 from light_training.inference.postprocessing import POSTPROCESSING_FILE, Postprocessing
 from light_training.io import atomic_path
 
-__all__ = ["MODEL_JSON", "FORMAT", "CROSSVAL_FOLDER", "ModelPackage", "plans_difference", "model_info", "export_model", "open_model",
-           "check_plans", "read_member_checkpoint"]
+__all__ = ["MODEL_JSON", "FORMAT", "CROSSVAL_FOLDER", "ModelPackage", "plans_difference", "model_info",
+           "export_model", "open_model", "check_plans", "read_member_checkpoint"]
 
 MODEL_JSON = "model.json"
 FORMAT = 1  # model.json's "format": what open_model can read

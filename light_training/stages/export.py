@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from light_training.checkpoint import CHECKPOINT_NAMES
 from light_training.inference.ensemble import checkpoint_paths, find_folds, load_ensemble
 from light_training.inference.model_package import CROSSVAL_FOLDER, export_model, open_model
@@ -44,8 +46,9 @@ def export(config: dict[str, Any], script: str) -> Path:
         if not folds:
             raise ValueError(f"{logdir}: no fold's {c['checkpoint_name']}.pt found (expected {logdir}/model/"
                              f"{c['checkpoint_name']}.pt, {logdir}/fold_<k>/model/...): train first, or set --logdir")
-    paths = checkpoint_paths(c["checkpoint"], folds if logdir is not None else None, c["logdir"], c["checkpoint_name"])
-    loaded = load_ensemble(paths, None, "cpu")  # every file read and rebuilt: only models that load are exported
+    paths = checkpoint_paths(c["checkpoint"], folds if logdir is not None else None, c["logdir"],
+                             c["checkpoint_name"])
+    loaded = load_ensemble(paths, None, torch.device("cpu"))  # every file read and rebuilt: only models that load are exported
     checkpoints = [checkpoint for _, checkpoint in loaded]
     if logdir is None:  # checkpoint files: their own folds (a converted release checkpoint has none: 0, 1, ...)
         folds = [ckpt.get("config", {}).get("fold", i) for i, ckpt in enumerate(checkpoints)]
