@@ -89,6 +89,10 @@ def test_damaged_foreign_and_other_plan_zips_are_refused_before_any_scan(trained
     good = tmp_path / "good.zip"
     stage(repo_root, "tools/export_model.py", export, f"--logdir={logdir}", "--folds=[1]", f"--output={good}")
     assert open_model(good, "aiib2023").info["folds"] == [1]
+    written = stage(repo_root, "3_predict_aiib2023.py", predict, f"--model={good}", f"--data_dir={train_dir}",
+                    f"--save_dir={tmp_path / 'held_out'}", *PREDICT)  # the plan of data_dir: its held-out fold
+    assert len(written) == 1 and read_json(tmp_path / "held_out" / written[0].name.replace(".nii.gz", "_record.json")
+                                           )["checkpoints"] == [f"{good}:fold_1/checkpoint.pt"]
     data = good.read_bytes()
     (tmp_path / "truncated.zip").write_bytes(data[: len(data) // 2])
     with zipfile.ZipFile(good) as source, zipfile.ZipFile(tmp_path / "edited.zip", "w") as edited:
