@@ -12,7 +12,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -21,8 +21,8 @@ from diffunet import network_from_config
 from light_training.io import atomic_path
 from light_training.release import is_release_state
 
-__all__ = ["CHECKPOINT_NAMES", "save_checkpoint", "load_checkpoint", "build_model", "rng_state", "set_rng_state",
-           "fold_logdir", "archive_previous_run"]
+__all__ = ["CHECKPOINT_NAMES", "save_checkpoint", "load_checkpoint", "read_checkpoint", "build_model", "rng_state",
+           "set_rng_state", "fold_logdir", "archive_previous_run"]
 
 CHECKPOINT_NAMES = ("latest", "best", "final")  # <logdir>/model/<name>.pt
 _REQUIRED_KEYS = ("model_class", "model_config", "model")
@@ -43,15 +43,22 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: checkpoint not found")
+    return read_checkpoint(path, str(path), map_location)
+
+
+def read_checkpoint(source: str | Path | BinaryIO, name: str, map_location: str | torch.device = "cpu"
+                    ) -> dict[str, Any]:
+    """:func:`load_checkpoint` of a path or an open binary file (e.g. a member of a model zip) that error
+    messages call ``name``."""
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(source, map_location=map_location, weights_only=True)
     except Exception as err:  # truncated file, foreign pickle, ...
-        raise ValueError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{name}: not a readable checkpoint ({type(err).__name__}: {err})") from None
     if is_release_state(checkpoint):
-        raise ValueError(f"{path}: a state dict of the original Diff-UNet release, not a checkpoint of this project; "
-                         f"convert it first: python tools/convert_release.py --source={path} --output=converted.pt")
+        raise ValueError(f"{name}: a state dict of the original Diff-UNet release, not a checkpoint of this project; "
+                         f"convert it first: python tools/convert_release.py --source={name} --output=converted.pt")
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in _REQUIRED_KEYS):
-        raise ValueError(f"{path}: not a checkpoint of this project (expected the keys {list(_REQUIRED_KEYS)})")
+        raise ValueError(f"{name}: not a checkpoint of this project (expected the keys {list(_REQUIRED_KEYS)})")
     return checkpoint
 
 

@@ -80,6 +80,9 @@ def parse_value(name: str, raw: str, default: Any) -> Any:
     except (ValueError, SyntaxError):
         if default is None:
             return raw
+        if _is_list_of_str(default) and raw.startswith("[") and raw.endswith("]"):
+            # --runs=[diffunet,unet]: names without the quotes a shell would strip
+            return type(default)(p.strip().strip("'\"") for p in raw[1:-1].split(",") if p.strip())
         raise ValueError(f"--{name}={raw}: not a Python literal (expected {type(default).__name__}, "
                          f"e.g. --{name}={default!r})") from None
     if default is None:
@@ -103,6 +106,10 @@ def parse_value(name: str, raw: str, default: Any) -> Any:
     if not isinstance(value, type(default)):
         raise ValueError(f"--{name}={raw}: expected {type(default).__name__}, got {type(value).__name__}")
     return value
+
+
+def _is_list_of_str(default: Any) -> bool:
+    return isinstance(default, (list, tuple)) and bool(default) and all(isinstance(v, str) for v in default)
 
 
 def _help_text(script: str, doc: str | None, constants: dict[str, tuple[Any, str]]) -> str:

@@ -82,6 +82,13 @@ def test_parse_value_types():
         parse_value("x", "True", 1)
 
 
+def test_a_list_of_names_needs_no_quotes():
+    assert parse_value("runs", "[diffunet,unet]", ["a"]) == ["diffunet", "unet"]  # what a shell leaves of ['..']
+    assert parse_value("runs", "['diffunet', 'unet']", ["a"]) == ["diffunet", "unet"]
+    with pytest.raises(ValueError, match="not a Python literal"):
+        parse_value("mirror_axes", "[x,y]", [0, 1, 2])  # numbers stay numbers
+
+
 def test_apply_overrides_in_process_and_save(tmp_path):
     path = tmp_path / "s.py"
     path.write_text(SCRIPT)

@@ -10,6 +10,7 @@ Examples:
     python your_dataset/3_predict.py --input_dir=./data/raw_data/Dataset001_Example/imagesTs --save_uncertainty=True --skip_bad_cases=True
     python your_dataset/3_predict.py --device=cpu --mirror_axes=[] --overlap=0.25   # on CPU
     python your_dataset/3_predict.py --folds=[0,1,2,3,4] --input_dir=./my_scans        # the five folds' ensemble
+    python your_dataset/3_predict.py --model=./diffunet_model.zip --input_dir=./my_scans   # an exported model (one file)
     torchrun --nproc_per_node=4 your_dataset/3_predict.py --input_dir=./my_scans      # one part of the scans per GPU
 """
 import sys
@@ -21,6 +22,7 @@ from light_training.stages.predict import predict  # noqa: E402
 
 dataset = "./data/raw_data/Dataset001_Example/dataset.json"  # must match the checkpoint's
 logdir = "./logs/Dataset001_Example"  # the training run
+model = None  # a model zip (tools/export_model.py) to predict with, its folds' ensemble; None: checkpoint/folds below
 checkpoint = None  # a checkpoint file, or a list of files (their ensemble); None: the folds' below
 folds = None  # e.g. [0, 1, 2, 3, 4]: these folds' ensemble (fold k in <logdir>/fold_k); None: <logdir>/model/best.pt
 checkpoint_name = "best"  # of each fold: "best" (best validation pseudo Dice, the original's) or "final"
@@ -40,6 +42,7 @@ torch_compile = True  # torch.compile the networks (~1 min once per window size)
 save_probabilities = False  # also <case>.npz with the class probabilities
 save_uncertainty = False  # also <case>_uncertainty.nii.gz (in [0, 1]; the metrics script scores it)
 save_preview = False  # also <case>_preview.png: slices with ground truth, prediction and uncertainty
+postprocessing = True  # apply the postprocessing chosen on cross-validation (<logdir>/postprocessing.json or the zip's)
 overwrite = False  # True: predict every case again; False: skip cases these checkpoints and settings wrote
 num_parts = 1  # split the cases into this many disjoint parts (one per GPU or machine); torchrun ranks split further
 part_id = 0  # the part this process predicts, 0 .. num_parts - 1

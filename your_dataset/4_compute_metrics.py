@@ -7,6 +7,7 @@ median per column, and the cases that could not be scored, with the reason) and 
 
 Examples:
     python your_dataset/4_compute_metrics.py --pred=diffunet
+    python your_dataset/4_compute_metrics.py --pred=diffunet --determine_postprocessing=True   # held-out folds: choose the postprocessing
     python your_dataset/4_compute_metrics.py --pred_dir=./my_predictions --gt_dir=./my_labels --num_processes=2   # on CPU
     python your_dataset/4_compute_metrics.py --pred=diffunet --missing_predictions=empty --strict=True
 """
@@ -28,6 +29,11 @@ output_dir = "./prediction_results/Dataset001_Example/result_metrics"  # <pred>.
 # fold is predicted), "empty" (scored as empty predictions), "error" (stop)
 missing_predictions = "skip"
 strict = False  # True: any case that cannot be scored is an error; False: score the others and list it
+# True (on the held-out predictions of a training run's folds, predicted with --postprocessing=False): choose the
+# postprocessing (largest connected component of the foreground / of each label, kept where it raises the mean
+# Dice) and write postprocessing.json and these tables beside the run's folds
+determine_postprocessing = False
+logdir = None  # the training run, for determine_postprocessing; None: the one the predictions' constants name
 num_processes = 4  # worker processes (each holds one case: a few GB for a full CT); 0 or 1: none
 
 run(evaluate, globals())

@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from light_training.datasets import DatasetDescription
+from light_training.inference.postprocessing import Postprocessing
 from light_training.inference.prediction import save_prediction
 from light_training.inference.resume import write_record
 from light_training.preprocessing.preprocess import load_case, preprocess_case
@@ -53,6 +54,7 @@ class ExportJob:
     checkpoints: list[str]
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    postprocessing: Postprocessing | None = None  # applied to the label map (not to the probabilities)
 
 
 def read_scan(raw: RawCase, description: DatasetDescription, nonfinite: str) -> tuple[np.ndarray, Any, list[str]]:
@@ -82,11 +84,13 @@ def export_case(job: ExportJob) -> str:
     """Restore ``job``'s prediction onto the source grid, write its files and then its record; the case."""
     case, start = job.case, time.perf_counter()
     save_prediction(job.probabilities, job.uncertainty, case.properties, job.plans["labels"], job.save_dir,
-                    job.save_probabilities, job.save_uncertainty)
+                    job.save_probabilities, job.save_uncertainty, job.postprocessing)
     if job.save_preview:
         _write_preview(job)
     seconds = {**job.seconds, "restore + write": time.perf_counter() - start}
-    write_record(job.save_dir, case.name, job.fingerprint, job.stamp, job.outputs, job.checkpoints, job.notes, seconds)
+    rules = job.postprocessing.rules() if job.postprocessing is not None else None
+    write_record(job.save_dir, case.name, job.fingerprint, job.stamp, job.outputs, job.checkpoints, job.notes, seconds,
+                 rules)
     return case.name
 
 

@@ -22,6 +22,7 @@ from monai.inferers import SlidingWindowInferer
 
 from diffunet.pure import FUSIONS
 from diffunet.uncertainty import check_uncertainty, entropy_term, uncertainty_from_means
+from light_training.inference.postprocessing import Postprocessing, apply_postprocessing
 from light_training.io import Geometry, atomic_path, write_volume
 from light_training.runtime import autocast_context, seed_everything
 from light_training.preprocessing.preprocess import restore_to_original
@@ -165,7 +166,7 @@ def predict_volume(model: torch.nn.Module, image: np.ndarray | torch.Tensor, set
 def save_prediction(probabilities: torch.Tensor | np.ndarray, uncertainty: torch.Tensor | np.ndarray | None,
                     properties: dict[str, Any],
                     labels: Sequence[int], save_dir: str | Path, save_probabilities: bool = False,
-                    save_uncertainty: bool = False) -> Path:
+                    save_uncertainty: bool = False, postprocessing: Postprocessing | None = None) -> Path:
     """Map a prediction back onto the original image grid and write ``<case>.nii.gz``.
 
     Args:
@@ -174,13 +175,14 @@ def save_prediction(probabilities: torch.Tensor | np.ndarray, uncertainty: torch
         labels: label value of each of the K classes (e.g. ``[0, 1, 2, 3]``).
     Also writes ``<case>.npz`` (probabilities, compressed) and ``<case>_uncertainty.nii.gz`` (the map that
     :func:`predict_volume` made, ``InferenceSettings.uncertainty``; 0 outside the crop) on request; every
-    file on exactly the original image's spacing, origin and direction.
+    file on exactly the original image's spacing, origin and direction. ``postprocessing``: rules applied
+    to the label map only (the probabilities stay the network's).
     """
     save_dir = Path(save_dir)
     case = properties["case"]
     geometry = Geometry.from_dict(properties["geometry"])
     probs = restore_to_original(_numpy(probabilities), properties, is_label=False)  # (K, Z, Y, X)
-    segmentation = np.asarray(labels, dtype=np.uint8)[probs.argmax(0)]
+    segmentation = apply_postprocessing(np.asarray(labels, dtype=np.uint8)[probs.argmax(0)], postprocessing)
     write_volume(segmentation, geometry, save_dir / f"{case}.nii.gz")
     if save_probabilities:
         with atomic_path(save_dir / f"{case}.npz") as tmp:

@@ -26,7 +26,7 @@ __all__ = ["RECORD_SUFFIX", "OUTPUT_SETTINGS", "case_part", "resolve_part", "ran
 RECORD_SUFFIX = "_record.json"
 # the prediction constants that change what is written (not: device, threads, workers, paths, parts)
 OUTPUT_SETTINGS = ("overlap", "mirror_axes", "sw_batch_size", "precision", "steps", "fusion", "uncertainty", "seed",
-                   "nonfinite", "fold", "save_probabilities", "save_uncertainty", "save_preview")
+                   "nonfinite", "fold", "save_probabilities", "save_uncertainty", "save_preview", "postprocessing")
 
 
 def case_part(names: Sequence[str], num_parts: int, part_id: int) -> list[str]:
@@ -108,12 +108,14 @@ def is_done(save_dir: str | Path, case: str, fingerprint: str, stamp: list[list]
 
 
 def write_record(save_dir: str | Path, case: str, fingerprint: str, stamp: list[list], outputs: Sequence[Path],
-                 checkpoints: Sequence[str], notes: Sequence[str] = (), seconds: Mapping[str, float] | None = None
-                 ) -> Path:
+                 checkpoints: Sequence[str], notes: Sequence[str] = (), seconds: Mapping[str, float] | None = None,
+                 postprocessing: Mapping[str, Any] | None = None) -> Path:
     """Write the record of a finished case (after its outputs: the record is the proof they are complete);
-    ``seconds`` per step of the case, for the log and benchmarks/bench_prediction.py."""
+    ``seconds`` per step of the case, for the log and benchmarks/bench_prediction.py; ``postprocessing``:
+    the rules applied to its label map (None: none)."""
     path = record_path(save_dir, case)
     write_json({"case": case, "fingerprint": fingerprint, "source": stamp, "outputs": [p.name for p in outputs],
                 "checkpoints": list(checkpoints), "notes": list(notes),
-                "seconds": {k: round(v, 3) for k, v in (seconds or {}).items()}}, path)
+                "seconds": {k: round(v, 3) for k, v in (seconds or {}).items()},
+                "postprocessing": dict(postprocessing) if postprocessing else None}, path)
     return path

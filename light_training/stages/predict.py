@@ -22,10 +22,11 @@ from light_training.datasets import DatasetDescription, load_dataset
 from light_training.inference import resume
 from light_training.inference.cases import ExportJob, CaseInput, export_case, load_input, read_scan, \
     remove_stale_temporaries
-from light_training.inference.ensemble import checkpoint_paths, load_ensemble, load_predictor
+from light_training.inference.ensemble import load_models, load_predictor
 from light_training.inference.pipeline import PipelineError, default_workers, predict_with_fallback, run_pipeline
 from light_training.inference.prediction import InferenceSettings
 from light_training.parallel import map_cases
+from light_training.preprocessing.planning import plans_path
 from light_training.preprocessing.raw_cases import RawCase, find_raw_cases
 from light_training.runtime import (compile_for_inference, configure_backends, resolve_device, resolve_precision,
                                     set_cpu_threads)
@@ -101,7 +102,9 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
     """Predict the held-out fold(s) of ``data_dir`` (or every scan of ``input_dir``) into ``save_dir``:
     this process's part of the cases, those not done by the same run already (unless ``overwrite``).
 
-    Writes ``<case>.nii.gz`` on the source image's geometry, and on request ``<case>_uncertainty.nii.gz``,
+    The models: a model zip (``model``), checkpoint files, or the folds of ``logdir``; their postprocessing
+    (the zip's or ``<logdir>/postprocessing.json``) is applied to each label map unless ``postprocessing``
+    is False. Writes ``<case>.nii.gz`` on the source image's geometry, and on request ``<case>_uncertainty.nii.gz``,
     ``<case>.npz`` and ``<case>_preview.png``; then ``<case>_record.json``; then the resolved constants.
     """
     c = config
@@ -110,8 +113,9 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
     configure_backends(device, resolve_precision(c["precision"], device))  # cudnn.benchmark; TF32 only under bf16/fp16
     num_parts, part_id = resume.resolve_part(c["num_parts"], c["part_id"], os.environ)
     resume.case_part([], num_parts, part_id)  # checks the two constants before any work
-    paths = checkpoint_paths(c["checkpoint"], c["folds"], c["logdir"], c["checkpoint_name"])
-    loaded = load_ensemble(paths, c["dataset"], device)
+    models = load_models(c["model"], c["checkpoint"], c["folds"], c["logdir"], c["checkpoint_name"], c["dataset"],
+                         device, None if c["input_dir"] else plans_path(c["data_dir"]), c["postprocessing"])
+    loaded, paths, rules = models.members, models.sources, models.postprocessing
     plans = loaded[0][1]["plans"]
     description = load_dataset(plans["description"])
     pre, export = default_workers(device.type, os.cpu_count() or 1)
@@ -119,7 +123,7 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
     export = export if c["num_processes_export"] is None else c["num_processes_export"]
     sources, case_members = _find_cases(c, description, [ckpt for _, ckpt in loaded])
     mine = resume.case_part(list(sources), num_parts, part_id)
-    fingerprint = resume.run_fingerprint([resume.file_digest(p) for p in paths], c)
+    fingerprint = resume.run_fingerprint(models.digests, {**c, "postprocessing": rules and rules.rules()})
     outputs = {n: resume.case_outputs(c["save_dir"], n, c["save_probabilities"], c["save_uncertainty"],
                                       c["save_preview"]) for n in mine}
     stamps = {n: _stamp(c, n, sources[n]) for n in mine}
@@ -131,6 +135,7 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
     remove_stale_temporaries(c["save_dir"], todo)  # what a killed run left half-written
     part = f" (part {part_id} of {num_parts}: {len(mine)} of {len(sources)} cases)" if num_parts > 1 else ""
     print(f"{len(todo)} case(s) to predict with {len(paths)} model(s){part}"
+          + (f", postprocessing {rules.rules()}" if rules else "")
           + (f"; {len(done)} already done, skipped (--overwrite=True redoes them)" if done else ""), flush=True)
     if c["torch_compile"] and todo:
         for model, _ in loaded:
@@ -152,7 +157,7 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
         job = ExportJob(case, probabilities, uncertainty, plans, description, str(c["save_dir"]),
                         c["save_probabilities"], c["save_uncertainty"], c["save_preview"], outputs[case.name],
                         fingerprint, stamps[case.name],
-                        [str(paths[i]) for i in case_members[case.name]], notes, seconds)
+                        [str(paths[i]) for i in case_members[case.name]], notes, seconds, rules)
         if not c["save_preview"]:
             job.case = dataclasses.replace(case, image=case.image[:0])  # the image is not sent to the writer
         return job
