@@ -3,7 +3,8 @@
 One vocabulary for training and prediction: ``precision`` is "auto", "fp32", "bf16" or "fp16".
 "auto" means bf16 autocast where the hardware runs it natively (CUDA GPUs of compute capability 8.0
 and newer, CPUs with AVX512-BF16 or AMX), fp16 on older CUDA GPUs, and fp32 elsewhere (benchmarks/bench_speed.py measured
-the CPU gains: 2.3x for sampling, 2.3x for a training step).
+the CPU gains: 2.3x for sampling, 2.3x for a training step; on a CPU that only emulates bf16, plain AVX-512,
+bf16 was 1.8x slower than fp32).
 """
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-__all__ = ["PRECISIONS", "device_problem", "resolve_device", "cpu_has_bf16", "cuda_precision", "resolve_precision",
+from light_training.machine import this_cpu_bf16_units
+
+__all__ = ["PRECISIONS", "device_problem", "resolve_device", "cpu_has_bf16", "cpu_precision", "cuda_precision",
+           "resolve_precision",
            "backend_settings", "configure_backends", "autocast_context", "compile_for_inference",
            "resolve_training_compile", "compile_for_training", "seed_everything", "set_cpu_threads", "DistInfo",
            "setup_distributed",
@@ -65,9 +69,25 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
+NATIVE_CPU_BF16 = ("AMX", "AVX512-BF16")  # light_training.machine.cpu_bf16_units' answers where bf16 is native
+
+
 def cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX)."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    """Whether oneDNN runs bf16 natively on this CPU: AVX512-BF16 or AMX units that no ``ONEDNN_MAX_CPU_ISA`` cap
+    hides (:func:`light_training.machine.cpu_bf16_units`). Not oneDNN's ``_is_mkldnn_bf16_supported``: that is
+    true on plain AVX-512 too, where oneDNN emulates bf16 slower than fp32."""
+    return this_cpu_bf16_units() in NATIVE_CPU_BF16
+
+
+def cpu_precision(precision: str, bf16_units: str) -> str:
+    """The precision a CPU runs for the request ``precision``, given how it runs bf16 (``bf16_units``, one of
+    :func:`light_training.machine.cpu_bf16_units`' answers): "auto" is bf16 where bf16 is native ("AMX",
+    "AVX512-BF16"), fp32 where it is emulated or absent; an explicit request is kept."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected one of {list(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_units in NATIVE_CPU_BF16 else "fp32"
 
 
 def cuda_precision(precision: str, capability: tuple[int, int]) -> str:
@@ -93,14 +113,14 @@ def cuda_precision(precision: str, capability: tuple[int, int]) -> str:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``precision`` with "auto" replaced by what ``device`` runs best: "bf16", "fp16" or "fp32"
-    (on CUDA: :func:`cuda_precision` of that device's capability)."""
+    (on CUDA: :func:`cuda_precision` of that device's capability; on the CPU: :func:`cpu_precision`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: expected one of {list(PRECISIONS)}")
     if device.type == "cuda":
         return cuda_precision(precision, torch.cuda.get_device_capability(device))
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+    if device.type != "cpu":
+        return "fp32" if precision == "auto" else precision
+    return cpu_precision(precision, this_cpu_bf16_units())
 
 
 def backend_settings(device_type: str, precision: str) -> dict[str, bool]:
