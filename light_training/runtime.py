@@ -21,11 +21,9 @@ import torch.distributed as torch_dist
 from light_training.machine import this_cpu_bf16_units
 
 __all__ = ["PRECISIONS", "device_problem", "resolve_device", "cpu_has_bf16", "cpu_precision", "cuda_precision",
-           "resolve_precision",
-           "backend_settings", "configure_backends", "autocast_context", "compile_for_inference",
-           "resolve_training_compile", "compile_for_training", "seed_everything", "set_cpu_threads", "DistInfo",
-           "setup_distributed",
-           "cleanup_distributed"]
+           "resolve_precision", "backend_settings", "configure_backends", "fp32_math", "cuda_fp32_math",
+           "autocast_context", "compile_for_inference", "resolve_training_compile", "compile_for_training",
+           "seed_everything", "set_cpu_threads", "DistInfo", "setup_distributed", "cleanup_distributed"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -137,14 +135,38 @@ def backend_settings(device_type: str, precision: str) -> dict[str, bool]:
 
 def configure_backends(device: torch.device, precision: str) -> dict[str, bool]:
     """Apply :func:`backend_settings` for ``device`` and the resolved ``precision`` (process-wide); returns them.
-    Call it once a stage knows both (training and prediction)."""
+    Call it once a stage knows both (training and prediction).
+
+    TF32 is switched with torch's legacy switches (``cudnn.allow_tf32``, ``cuda.matmul.allow_tf32``), which
+    set the newer per-operation ``fp32_precision`` too, and then each operation's ``fp32_precision`` to its
+    explicit value: so ``torch.get_float32_matmul_precision()`` and every legacy query keep answering (the
+    newer switches alone make them raise, and inductor reads them), and an "ieee" operation cannot inherit
+    "tf32" from a parent switch set earlier (``cudnn.fp32_precision``: the per-operation value "none"
+    means the parent's)."""
     settings = backend_settings(device.type, precision)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = settings["cudnn_benchmark"]
-        mode = "tf32" if settings["tf32"] else "ieee"
-        torch.backends.cudnn.fp32_precision = mode  # convolutions (and RNNs); torch's newer TF32 switches,
-        torch.backends.cuda.matmul.fp32_precision = mode  # not the legacy allow_tf32 (the two do not mix)
+        tf32 = settings["tf32"]
+        torch.backends.cudnn.allow_tf32 = tf32  # convolutions and RNNs
+        torch.backends.cuda.matmul.allow_tf32 = tf32  # = torch.set_float32_matmul_precision("high" / "highest")
+        mode = "tf32" if tf32 else "ieee"
+        for switch in (torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul):
+            switch.fp32_precision = mode
     return settings
+
+
+def fp32_math(conv_precision: str, matmul_precision: str) -> str:
+    """The float32 math of cuDNN convolutions and cuBLAS matmuls whose ``fp32_precision`` switches read
+    ``conv_precision`` and ``matmul_precision`` ("ieee", "tf32"; "none" = not set, IEEE): "ieee", "tf32", or
+    "tf32 convolutions, ieee matmuls" (and the converse) when they differ. For a benchmark's table line."""
+    conv, matmul = ("tf32" if p == "tf32" else "ieee" for p in (conv_precision, matmul_precision))
+    return conv if conv == matmul else f"{conv} convolutions, {matmul} matmuls"
+
+
+def cuda_fp32_math() -> str:
+    """:func:`fp32_math` of the switches in effect in this process (what a float32 CUDA convolution or matmul
+    runs now; torch's getters resolve a per-operation "none" to its parent's value)."""
+    return fp32_math(torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
