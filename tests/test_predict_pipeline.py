@@ -15,8 +15,8 @@ import torch
 from diffunet import DiffUNet
 from light_training.checkpoint import archive_previous_run, fold_logdir, load_checkpoint, save_checkpoint
 from light_training.inference.ensemble import checkpoint_paths, load_ensemble
-from light_training.inference.pipeline import (CaseFailed, PipelineError, default_workers, oom_next_step,
-                                               predict_with_fallback, run_pipeline)
+from light_training.inference.pipeline import (CaseFailed, PipelineError, allocation_failure, default_workers,
+                                               oom_next_step, predict_with_fallback, run_pipeline)
 from light_training.inference.prediction import InferenceSettings, predict_ensemble
 from light_training.inference.resume import case_part, resolve_part
 from light_training.io import read_volume, write_volume
@@ -66,25 +66,50 @@ def test_parts_are_disjoint_cover_the_folder_and_follow_torchrun_ranks():
 def test_worker_and_oom_decisions():
     assert default_workers("cpu", 64) == (0, 0)
     assert default_workers("cuda", 16) == (2, 1) and default_workers("cuda", 2) == (1, 1)
-    oom = torch.OutOfMemoryError("CUDA out of memory")
-    assert oom_next_step(oom, buffers_on_cpu=False) == "retry_buffers_on_cpu"
-    assert oom_next_step(oom, buffers_on_cpu=True) == "fail"
-    assert oom_next_step(RuntimeError("other"), buffers_on_cpu=False) == "raise"
+    for who, error in ALLOCATION_FAILURES.items():
+        assert allocation_failure(error) == who
+        assert oom_next_step(error, buffers_on_cpu=False) == "retry_buffers_on_cpu"
+        assert oom_next_step(error, buffers_on_cpu=True) == "fail"
+    for other in (RuntimeError("other"), RuntimeError("CUDNN_STATUS_BAD_PARAM"), ValueError("out of memory?")):
+        assert allocation_failure(other) is None and oom_next_step(other, buffers_on_cpu=False) == "raise"
+
+
+# each way a GPU reports a failed allocation (the messages as torch 2.x words them)
+ALLOCATION_FAILURES = {
+    "torch": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB"),
+    "cuDNN": RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+    "cuBLAS": RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    "CUDA": RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+}
 
 
 class OutOfMemoryAtFirst(torch.nn.Module):
-    """A real tiny Diff-UNet whose first ``failures`` sampling calls raise CUDA's out-of-memory error (no GPU
-    here to run out of)."""
+    """A real tiny Diff-UNet whose first ``failures`` sampling calls raise ``error`` (CUDA's out-of-memory
+    error by default; no GPU here to run out of)."""
 
-    def __init__(self, model, failures):
+    def __init__(self, model, failures, error=ALLOCATION_FAILURES["torch"]):
         super().__init__()
-        self.model, self.failures = model, failures
+        self.model, self.failures, self.error = model, failures, error
 
     def sample_members(self, *args, **kwargs):
         if self.failures > 0:
             self.failures -= 1
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+            raise self.error
         return self.model.sample_members(*args, **kwargs)
+
+
+@pytest.mark.parametrize("who", sorted(ALLOCATION_FAILURES))
+def test_every_allocation_failure_is_retried_with_a_note(who, capsys):
+    torch.manual_seed(0)
+    model = DiffUNet(1, 2, preset="tiny").eval()
+    settings = InferenceSettings(patch_size=(16, 16, 16), mirror_axes=(), precision="fp32", progress=False, steps=1)
+    image = torch.randn(1, 16, 16, 16)
+    error = ALLOCATION_FAILURES[who]
+    _, _, notes = predict_with_fallback([(OutOfMemoryAtFirst(model, 1, error), settings)], image, CPU, 0, "case_7")
+    assert len(notes) == 1 and notes[0].startswith(f"case_7: out of memory on cpu ({who}: {type(error).__name__}")
+    assert str(error).splitlines()[0] in notes[0] and "buffers on the CPU" in capsys.readouterr().out
+    with pytest.raises(CaseFailed, match=f"case_7: out of memory on cpu \\({who}\\)"):
+        predict_with_fallback([(OutOfMemoryAtFirst(model, 2, error), settings)], image, CPU, 0, "case_7")
 
 
 def test_out_of_memory_is_retried_with_buffers_on_the_cpu_then_listed(capsys):

@@ -27,8 +27,8 @@ from tqdm import tqdm
 
 from light_training.inference.prediction import InferenceSettings, predict_ensemble
 
-__all__ = ["PipelineError", "CaseFailed", "default_workers", "oom_next_step", "empty_cache", "predict_with_fallback",
-           "run_pipeline"]
+__all__ = ["PipelineError", "CaseFailed", "default_workers", "allocation_failure", "oom_next_step", "empty_cache",
+           "predict_with_fallback", "run_pipeline"]
 
 Members = Sequence[tuple[torch.nn.Module, InferenceSettings]]
 
@@ -51,11 +51,32 @@ def default_workers(device_type: str, cpu_count: int) -> tuple[int, int]:
     return min(2, spare), min(1, spare)
 
 
+# how a failed allocation reads when it is not torch's own OutOfMemoryError: cuDNN and cuBLAS report theirs
+# as a RuntimeError with their status name, a CUDA kernel launch or a library as "out of memory"
+_ALLOCATION_FAILURES = {"CUDNN_STATUS_ALLOC_FAILED": "cuDNN", "CUBLAS_STATUS_ALLOC_FAILED": "cuBLAS",
+                        "out of memory": "CUDA"}
+
+
+def allocation_failure(error: BaseException) -> str | None:
+    """Who failed to allocate memory when ``error`` was raised: "torch" (``torch.OutOfMemoryError``, the
+    caching allocator), "cuDNN", "cuBLAS" or "CUDA" (a ``RuntimeError`` naming the failure); None for any
+    other error."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return "torch"
+    if isinstance(error, RuntimeError):
+        message = str(error)
+        for marker, who in _ALLOCATION_FAILURES.items():
+            if marker.lower() in message.lower():
+                return who
+    return None
+
+
 def oom_next_step(error: BaseException, buffers_on_cpu: bool) -> str:
-    """What to do after ``error`` while predicting a case: "raise" (not an out-of-memory error),
-    "retry_buffers_on_cpu" (the first time: the whole-volume sums to the CPU, windows stay on the GPU),
-    "fail" (out of memory with the buffers already on the CPU: list the case, predict the others)."""
-    if not isinstance(error, torch.OutOfMemoryError):
+    """What to do after ``error`` while predicting a case: "raise" (not an allocation failure,
+    :func:`allocation_failure`), "retry_buffers_on_cpu" (the first time: the whole-volume sums to the CPU,
+    windows stay on the GPU), "fail" (out of memory with the buffers already on the CPU: list the case,
+    predict the others)."""
+    if allocation_failure(error) is None:
         return "raise"
     return "fail" if buffers_on_cpu else "retry_buffers_on_cpu"
 
@@ -68,9 +89,9 @@ def empty_cache(device: torch.device) -> None:
 
 def predict_with_fallback(members: Members, image: Any, device: torch.device, seed: int | None,
                           case: str = "") -> tuple[torch.Tensor, torch.Tensor | None, list[str]]:
-    """:func:`predict_ensemble`, redone once with ``buffers_on_cpu`` after an out-of-memory error
-    (:func:`oom_next_step`), saying so; ``(probabilities, uncertainty, notes)``. ``CaseFailed`` when the
-    retry runs out of memory too."""
+    """:func:`predict_ensemble`, redone once with ``buffers_on_cpu`` after an allocation failure (torch's,
+    cuDNN's, cuBLAS's: :func:`oom_next_step`), with a note naming the case and the error;
+    ``(probabilities, uncertainty, notes)``. ``CaseFailed`` when the retry runs out of memory too."""
     buffers_on_cpu = all(s.buffers_on_cpu for _, s in members)
     notes: list[str] = []
     while True:
@@ -81,12 +102,13 @@ def predict_with_fallback(members: Members, image: Any, device: torch.device, se
             step, message = oom_next_step(err, buffers_on_cpu), f"{type(err).__name__}: {str(err)[:200]}"
             if step == "raise":
                 raise
+            who = allocation_failure(err)
         empty_cache(device)  # outside the except block: the traceback no longer holds the tensors
         if step == "fail":
-            raise CaseFailed(f"{case}: out of memory on {device} even with the whole-volume buffers on the CPU "
-                             f"({message}); try a smaller sw_batch_size or precision='bf16'")
-        note = (f"{case}: out of memory on {device}; predicting it again with the whole-volume buffers on the CPU "
-                f"(windows still on {device})")
+            raise CaseFailed(f"{case}: out of memory on {device} ({who}) even with the whole-volume buffers on the "
+                             f"CPU ({message}); try a smaller sw_batch_size or precision='bf16'")
+        note = (f"{case}: out of memory on {device} ({who}: {message}); predicting it again with the whole-volume "
+                f"buffers on the CPU (windows still on {device})")
         print(f"warning: {note}", flush=True)
         notes.append(note)
         members = [(m, dataclasses.replace(s, buffers_on_cpu=True)) for m, s in members]
