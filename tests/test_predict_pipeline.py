@@ -1,5 +1,6 @@
 """Prediction of a folder (issue 19): resume after SIGKILL, parts and torchrun ranks, fold ensembles,
 worker processes, and the out-of-memory retry (issue 18) injected through a model that raises it."""
+import json
 import multiprocessing
 import os
 import signal
@@ -259,3 +260,45 @@ def test_bench_prediction_quick(tmp_path, repo_root):
     for row in rows:
         assert row["network s/case"] > 0 and row["wall s"] > row["network s/case"] and row["peak RSS GiB"] > 0.1
     assert "| dataset | cases |" in result.stdout and "load average at start" in result.stdout
+
+
+def _counting_reader(log: Path):
+    """``read_image`` that appends the file it reads to ``log`` (a file: the workers are other processes)."""
+    from light_training.io import read_image
+
+    def read(paths):
+        with open(log, "a") as file:
+            file.writelines(f"{Path(p).name}\n" for p in ([paths] if isinstance(paths, (str, Path)) else paths))
+        return read_image(paths)
+    return read
+
+
+def test_each_scan_is_read_once_and_the_workers_start_before_the_models_load(scans, repo_root, tmp_path,
+                                                                           monkeypatch, capsys):
+    """The up-front check (skip_bad_cases=False, the default) is the only reading of a scan: the network takes
+    the checked copies; and the worker processes exist before any model is loaded onto the device."""
+    import light_training.preprocessing.raw_cases as raw_cases
+    import light_training.stages.predict as stage
+
+    root, folder = scans
+    log = tmp_path / "reads.txt"
+    monkeypatch.setattr(raw_cases, "read_image", _counting_reader(log))
+    workers_at_load = []
+
+    def load_ensemble(*args, **kwargs):
+        workers_at_load.append(len(multiprocessing.active_children()))
+        return real_load(*args, **kwargs)
+    real_load = stage.load_ensemble
+    monkeypatch.setattr(stage, "load_ensemble", load_ensemble)
+    written = predict_in_process(repo_root, folder, tmp_path / "out", f"--checkpoint={root / 'a.pt'}",
+                                 "--num_parts=2", "--part_id=0", "--num_processes_preprocessing=1",
+                                 "--num_processes_export=1")
+    assert len(written) == 2
+    reads = log.read_text().split()
+    assert sorted(reads) == sorted(p.name for p in written), reads  # each scan once (a case's file: its name)
+    assert workers_at_load == [2]  # 1 loading + 1 writing process, forked before the models were loaded
+    assert "checked 2 scan(s) in" in capsys.readouterr().out
+    for path in written:
+        seconds = json.loads(path.with_name(path.name.replace(".nii.gz", "_record.json")).read_text())["seconds"]
+        assert set(seconds) == {"read + preprocess", "load checked input", "network", "restore + write"}
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # the checked copies are gone
