@@ -143,6 +143,12 @@ def _write(array):
     return int(array.sum())
 
 
+def _check(name):
+    if name == "bad":
+        raise ValueError(f"{name}.nii.gz: not 3-D")
+    return len(name)
+
+
 def test_a_worker_error_names_the_case_and_stops_cleanly():
     items = [(n, n) for n in ("one", "two", "broken", "four", "five")]
     done = []
@@ -152,6 +158,24 @@ def test_a_worker_error_names_the_case_and_stops_cleanly():
         run_pipeline(items, _load_or_break, lambda a: done.append(a) or a, _write, 2, 1, progress=False)
     assert len(done) == 2  # the cases before the broken one went through
     assert not multiprocessing.active_children()  # every worker joined
+
+
+def test_worker_pools_fork_when_made_and_the_pipeline_runs_in_them():
+    """The stage makes the pools before its models go to the GPU: the workers must exist once they are made (a
+    fork pool otherwise forks at its first task, after the models), and a pipeline run in them leaves them up."""
+    from light_training.inference.pipeline import WorkerPools, check_all
+
+    with WorkerPools(1, 1) as pools:
+        workers = {p.pid for p in multiprocessing.active_children()}
+        assert len(workers) == 2
+        results, bad = check_all([(n, n) for n in ("one", "bad", "two")], _check, pools)  # every case, bad or not
+        assert results == {"one": 3, "two": 3} and bad == {"bad": "bad.nii.gz: not 3-D"}
+        with pytest.raises(PipelineError, match="broken: checking failed"):  # not a bad input: the run stops
+            check_all([("broken", "broken")], _load_or_break, pools)
+        written, _, _ = run_pipeline([("one", "one"), ("two", "two")], _load_or_break, lambda a: a * 2, _write,
+                                     pools=pools, progress=False)
+        assert written == ["one", "two"] and {p.pid for p in multiprocessing.active_children()} == workers
+    assert not multiprocessing.active_children()
 
 
 def test_fold_folders_side_by_side(tmp_path):
