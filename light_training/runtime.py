@@ -3,8 +3,8 @@
 One vocabulary for training and prediction: ``precision`` is "auto", "fp32", "bf16" or "fp16".
 "auto" means bf16 autocast where the hardware runs it natively (CUDA GPUs of compute capability 8.0
 and newer, CPUs with AVX512-BF16 or AMX), fp16 on older CUDA GPUs, and fp32 elsewhere (benchmarks/bench_speed.py measured
-the CPU gains: 2.3x for sampling, 2.3x for a training step; on a CPU that only emulates bf16, plain AVX-512,
-bf16 was 1.8x slower than fp32).
+the CPU gains: 2.3x for sampling, 2.3x for a training step; where oneDNN only emulates bf16, plain AVX-512,
+bf16 was 1.8x slower than fp32: light_training.machine.cpu_bf16_units).
 """
 from __future__ import annotations
 
