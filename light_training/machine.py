@@ -98,7 +98,8 @@ def describe_cpu() -> str:
     cap, units = onednn_isa_cap(os.environ), this_cpu_bf16_units()
     bf16 = f"yes ({units})" if units in ("AMX", "AVX512-BF16") else "no (emulated)" if units == "emulated" else "no"
     return (f"{cpu_name()}, {os.cpu_count()} cores, ATen {torch.backends.cpu.get_cpu_capability()}"
-            f"{f', oneDNN capped at {cap}' if cap else ''}, bf16 units: {bf16}, AMX: {'yes' if units == 'AMX' else 'no'}")
+            f"{f', oneDNN capped at {cap}' if cap else ''}, bf16 units: {bf16}, "
+            f"AMX: {'yes' if units == 'AMX' else 'no'}")
 
 
 def _cpu_times() -> tuple[int, int] | None:

@@ -91,7 +91,8 @@ def _documented_row(start: str) -> str:
 def test_real_estimator_plans_what_the_docs_show(name, real_plans):
     median, spacing, patch, strides, kernels = DOCUMENTED_PLANS[name]
     plan = real_plans[name]
-    assert (plan["patch_size"], plan["batch_size"], plan["strides"], plan["kernel_sizes"]) == (patch, 2, strides, kernels)
+    assert (plan["patch_size"], plan["strides"], plan["kernel_sizes"]) == (patch, strides, kernels)
+    assert plan["batch_size"] == 2
     assert plan["estimated_peak_gib"] <= 20 and plan["estimator_calls"] <= 12
     row = _documented_row(f"| {name} | {' x '.join(f'{s:g}' for s in spacing)} | {' x '.join(map(str, patch))} x 2 |")
     assert row.endswith(f"| {plan['estimated_peak_gib']:.1f} GiB |"), row

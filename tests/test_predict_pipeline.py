@@ -309,11 +309,11 @@ def test_each_scan_is_read_once_and_the_workers_start_before_the_models_load(sca
     monkeypatch.setattr(raw_cases, "read_image", _counting_reader(log))
     workers_at_load = []
 
-    def load_ensemble(*args, **kwargs):
+    def load_models(*args, **kwargs):
         workers_at_load.append(len(multiprocessing.active_children()))
         return real_load(*args, **kwargs)
-    real_load = stage.load_ensemble
-    monkeypatch.setattr(stage, "load_ensemble", load_ensemble)
+    real_load = stage.load_models
+    monkeypatch.setattr(stage, "load_models", load_models)
     written = predict_in_process(repo_root, folder, tmp_path / "out", f"--checkpoint={root / 'a.pt'}",
                                  "--num_parts=2", "--part_id=0", "--num_processes_preprocessing=1",
                                  "--num_processes_export=1")
