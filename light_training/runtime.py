@@ -12,7 +12,7 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -149,10 +149,18 @@ def configure_backends(device: torch.device, precision: str) -> dict[str, bool]:
         tf32 = settings["tf32"]
         torch.backends.cudnn.allow_tf32 = tf32  # convolutions and RNNs
         torch.backends.cuda.matmul.allow_tf32 = tf32  # = torch.set_float32_matmul_precision("high" / "highest")
-        mode = "tf32" if tf32 else "ieee"
-        for switch in (torch.backends.cudnn.conv, torch.backends.cudnn.rnn, torch.backends.cuda.matmul):
-            switch.fp32_precision = mode
+        for switch in _per_operation_switches():
+            switch.fp32_precision = "tf32" if tf32 else "ieee"
     return settings
+
+
+def _per_operation_switches() -> list[Any]:
+    """torch's per-operation float32 switches (cuDNN convolutions and RNNs, cuBLAS matmuls): torch 2.9 and
+    newer; empty before, where the legacy switches are all there is."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    switches = [getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None),
+                matmul if hasattr(matmul, "fp32_precision") else None]
+    return [switch for switch in switches if switch is not None]
 
 
 def fp32_math(conv_precision: str, matmul_precision: str) -> str:
@@ -166,7 +174,10 @@ def fp32_math(conv_precision: str, matmul_precision: str) -> str:
 def cuda_fp32_math() -> str:
     """:func:`fp32_math` of the switches in effect in this process (what a float32 CUDA convolution or matmul
     runs now; torch's getters resolve a per-operation "none" to its parent's value)."""
-    return fp32_math(torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if len(_per_operation_switches()) < 3:  # a torch before 2.9: the legacy switches
+        return fp32_math("tf32" if cudnn.allow_tf32 else "ieee", "tf32" if matmul.allow_tf32 else "ieee")
+    return fp32_math(cudnn.conv.fp32_precision, matmul.fp32_precision)
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -88,17 +88,20 @@ TF32 = {"get_float32_matmul_precision": "high", "matmul.allow_tf32": True, "cudn
         "matmul.fp32_precision": "tf32", "cudnn.conv.fp32_precision": "tf32", "cudnn.rnn.fp32_precision": "tf32"}
 
 
-@pytest.mark.parametrize("before", ["fresh", "parents tf32", "parents ieee"])
+@pytest.mark.parametrize("before", ["fresh", "parents tf32", "parents ieee", "operations tf32"])
 def test_configure_backends_keeps_every_tf32_query_working(before):
     """The switches are process-wide flags that a CPU build holds too, so the CUDA branch runs here: "fp32" is
     IEEE and "bf16"/"fp16" TF32 by every query, whatever was set before (the newer parent switches, as
-    configure_backends set them before issue 25, or a user's own), and no query raises."""
+    configure_backends set them before issue 25, or a user's own per-operation ones, which setting only the
+    parent to "ieee" leaves TF32), and no query raises."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     saved = (cudnn.benchmark, cudnn.fp32_precision, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision,
              matmul.fp32_precision)  # the newer getters: they never raise
     try:
-        if before != "fresh":
+        if before.startswith("parents"):
             cudnn.fp32_precision = matmul.fp32_precision = before.split()[1]
+        elif before == "operations tf32":  # an explicit per-operation value is not overridden by its parent's
+            cudnn.conv.fp32_precision = cudnn.rnn.fp32_precision = matmul.fp32_precision = "tf32"
         for precision, expected, math in [("fp32", IEEE, "ieee"), ("bf16", TF32, "tf32"), ("fp32", IEEE, "ieee"),
                                           ("fp16", TF32, "tf32")]:
             configure_backends(torch.device("cuda:0"), precision)
