@@ -3,7 +3,8 @@
 One vocabulary for training and prediction: ``precision`` is "auto", "fp32", "bf16" or "fp16".
 "auto" means bf16 autocast where the hardware runs it natively (CUDA GPUs of compute capability 8.0
 and newer, CPUs with AVX512-BF16 or AMX), fp16 on older CUDA GPUs, and fp32 elsewhere (benchmarks/bench_speed.py measured
-the CPU gains: 2.3x for sampling, 2.3x for a training step).
+the CPU gains: 2.3x for sampling, 2.3x for a training step; where oneDNN only emulates bf16, plain AVX-512,
+bf16 was 1.8x slower than fp32: light_training.machine.cpu_bf16_units).
 """
 from __future__ import annotations
 
@@ -11,17 +12,18 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-__all__ = ["PRECISIONS", "device_problem", "resolve_device", "cpu_has_bf16", "cuda_precision", "resolve_precision",
-           "backend_settings", "configure_backends", "autocast_context", "compile_for_inference",
-           "resolve_training_compile", "compile_for_training", "seed_everything", "set_cpu_threads", "DistInfo",
-           "setup_distributed",
-           "cleanup_distributed"]
+from light_training.machine import this_cpu_bf16_units
+
+__all__ = ["PRECISIONS", "device_problem", "resolve_device", "cpu_has_bf16", "cpu_precision", "cuda_precision",
+           "resolve_precision", "backend_settings", "configure_backends", "fp32_math", "cuda_fp32_math",
+           "autocast_context", "compile_for_inference", "resolve_training_compile", "compile_for_training",
+           "seed_everything", "set_cpu_threads", "DistInfo", "setup_distributed", "cleanup_distributed"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -65,9 +67,25 @@ def resolve_device(requested: str) -> torch.device:
     return device
 
 
+NATIVE_CPU_BF16 = ("AMX", "AVX512-BF16")  # light_training.machine.cpu_bf16_units' answers where bf16 is native
+
+
 def cpu_has_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX)."""
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    """Whether oneDNN runs bf16 natively on this CPU: AVX512-BF16 or AMX units that no ``ONEDNN_MAX_CPU_ISA`` cap
+    hides (:func:`light_training.machine.cpu_bf16_units`). Not oneDNN's ``_is_mkldnn_bf16_supported``: that is
+    true on plain AVX-512 too, where oneDNN emulates bf16 slower than fp32."""
+    return this_cpu_bf16_units() in NATIVE_CPU_BF16
+
+
+def cpu_precision(precision: str, bf16_units: str) -> str:
+    """The precision a CPU runs for the request ``precision``, given how it runs bf16 (``bf16_units``, one of
+    :func:`light_training.machine.cpu_bf16_units`' answers): "auto" is bf16 where bf16 is native ("AMX",
+    "AVX512-BF16"), fp32 where it is emulated or absent; an explicit request is kept."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}: expected one of {list(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_units in NATIVE_CPU_BF16 else "fp32"
 
 
 def cuda_precision(precision: str, capability: tuple[int, int]) -> str:
@@ -93,14 +111,14 @@ def cuda_precision(precision: str, capability: tuple[int, int]) -> str:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``precision`` with "auto" replaced by what ``device`` runs best: "bf16", "fp16" or "fp32"
-    (on CUDA: :func:`cuda_precision` of that device's capability)."""
+    (on CUDA: :func:`cuda_precision` of that device's capability; on the CPU: :func:`cpu_precision`)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r}: expected one of {list(PRECISIONS)}")
     if device.type == "cuda":
         return cuda_precision(precision, torch.cuda.get_device_capability(device))
-    if precision != "auto":
-        return precision
-    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "fp32"
+    if device.type != "cpu":
+        return "fp32" if precision == "auto" else precision
+    return cpu_precision(precision, this_cpu_bf16_units())
 
 
 def backend_settings(device_type: str, precision: str) -> dict[str, bool]:
@@ -117,14 +135,49 @@ def backend_settings(device_type: str, precision: str) -> dict[str, bool]:
 
 def configure_backends(device: torch.device, precision: str) -> dict[str, bool]:
     """Apply :func:`backend_settings` for ``device`` and the resolved ``precision`` (process-wide); returns them.
-    Call it once a stage knows both (training and prediction)."""
+    Call it once a stage knows both (training and prediction).
+
+    TF32 is switched with torch's legacy switches (``cudnn.allow_tf32``, ``cuda.matmul.allow_tf32``), which
+    set the newer per-operation ``fp32_precision`` too, and then each operation's ``fp32_precision`` to its
+    explicit value: so ``torch.get_float32_matmul_precision()`` and every legacy query keep answering (the
+    newer switches alone make them raise, and inductor reads them), and an "ieee" operation cannot inherit
+    "tf32" from a parent switch set earlier (``cudnn.fp32_precision``: the per-operation value "none"
+    means the parent's)."""
     settings = backend_settings(device.type, precision)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = settings["cudnn_benchmark"]
-        mode = "tf32" if settings["tf32"] else "ieee"
-        torch.backends.cudnn.fp32_precision = mode  # convolutions (and RNNs); torch's newer TF32 switches,
-        torch.backends.cuda.matmul.fp32_precision = mode  # not the legacy allow_tf32 (the two do not mix)
+        tf32 = settings["tf32"]
+        torch.backends.cudnn.allow_tf32 = tf32  # convolutions and RNNs
+        torch.backends.cuda.matmul.allow_tf32 = tf32  # = torch.set_float32_matmul_precision("high" / "highest")
+        for switch in _per_operation_switches():
+            switch.fp32_precision = "tf32" if tf32 else "ieee"
     return settings
+
+
+def _per_operation_switches() -> list[Any]:
+    """torch's per-operation float32 switches (cuDNN convolutions and RNNs, cuBLAS matmuls): torch 2.9 and
+    newer; empty before, where the legacy switches are all there is."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    switches = [getattr(cudnn, "conv", None), getattr(cudnn, "rnn", None),
+                matmul if hasattr(matmul, "fp32_precision") else None]
+    return [switch for switch in switches if switch is not None]
+
+
+def fp32_math(conv_precision: str, matmul_precision: str) -> str:
+    """The float32 math of cuDNN convolutions and cuBLAS matmuls whose ``fp32_precision`` switches read
+    ``conv_precision`` and ``matmul_precision`` ("ieee", "tf32"; "none" = not set, IEEE): "ieee", "tf32", or
+    "tf32 convolutions, ieee matmuls" (and the converse) when they differ. For a benchmark's table line."""
+    conv, matmul = ("tf32" if p == "tf32" else "ieee" for p in (conv_precision, matmul_precision))
+    return conv if conv == matmul else f"{conv} convolutions, {matmul} matmuls"
+
+
+def cuda_fp32_math() -> str:
+    """:func:`fp32_math` of the switches in effect in this process (what a float32 CUDA convolution or matmul
+    runs now; torch's getters resolve a per-operation "none" to its parent's value)."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    if len(_per_operation_switches()) < 3:  # a torch before 2.9: the legacy switches
+        return fp32_math("tf32" if cudnn.allow_tf32 else "ieee", "tf32" if matmul.allow_tf32 else "ieee")
+    return fp32_math(cudnn.conv.fp32_precision, matmul.fp32_precision)
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:

@@ -1,5 +1,6 @@
 """Prediction of a folder (issue 19): resume after SIGKILL, parts and torchrun ranks, fold ensembles,
 worker processes, and the out-of-memory retry (issue 18) injected through a model that raises it."""
+import json
 import multiprocessing
 import os
 import signal
@@ -15,8 +16,8 @@ import torch
 from diffunet import DiffUNet
 from light_training.checkpoint import archive_previous_run, fold_logdir, load_checkpoint, save_checkpoint
 from light_training.inference.ensemble import checkpoint_paths, load_ensemble
-from light_training.inference.pipeline import (CaseFailed, PipelineError, default_workers, oom_next_step,
-                                               predict_with_fallback, run_pipeline)
+from light_training.inference.pipeline import (CaseFailed, PipelineError, allocation_failure, default_workers,
+                                               oom_next_step, predict_with_fallback, run_pipeline)
 from light_training.inference.prediction import InferenceSettings, predict_ensemble
 from light_training.inference.resume import case_part, resolve_part
 from light_training.io import read_volume, write_volume
@@ -66,25 +67,50 @@ def test_parts_are_disjoint_cover_the_folder_and_follow_torchrun_ranks():
 def test_worker_and_oom_decisions():
     assert default_workers("cpu", 64) == (0, 0)
     assert default_workers("cuda", 16) == (2, 1) and default_workers("cuda", 2) == (1, 1)
-    oom = torch.OutOfMemoryError("CUDA out of memory")
-    assert oom_next_step(oom, buffers_on_cpu=False) == "retry_buffers_on_cpu"
-    assert oom_next_step(oom, buffers_on_cpu=True) == "fail"
-    assert oom_next_step(RuntimeError("other"), buffers_on_cpu=False) == "raise"
+    for who, error in ALLOCATION_FAILURES.items():
+        assert allocation_failure(error) == who
+        assert oom_next_step(error, buffers_on_cpu=False) == "retry_buffers_on_cpu"
+        assert oom_next_step(error, buffers_on_cpu=True) == "fail"
+    for other in (RuntimeError("other"), RuntimeError("CUDNN_STATUS_BAD_PARAM"), ValueError("out of memory?")):
+        assert allocation_failure(other) is None and oom_next_step(other, buffers_on_cpu=False) == "raise"
+
+
+# each way a GPU reports a failed allocation (the messages as torch 2.x words them)
+ALLOCATION_FAILURES = {
+    "torch": torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB"),
+    "cuDNN": RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"),
+    "cuBLAS": RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"),
+    "CUDA": RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+}
 
 
 class OutOfMemoryAtFirst(torch.nn.Module):
-    """A real tiny Diff-UNet whose first ``failures`` sampling calls raise CUDA's out-of-memory error (no GPU
-    here to run out of)."""
+    """A real tiny Diff-UNet whose first ``failures`` sampling calls raise ``error`` (CUDA's out-of-memory
+    error by default; no GPU here to run out of)."""
 
-    def __init__(self, model, failures):
+    def __init__(self, model, failures, error=ALLOCATION_FAILURES["torch"]):
         super().__init__()
-        self.model, self.failures = model, failures
+        self.model, self.failures, self.error = model, failures, error
 
     def sample_members(self, *args, **kwargs):
         if self.failures > 0:
             self.failures -= 1
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+            raise self.error
         return self.model.sample_members(*args, **kwargs)
+
+
+@pytest.mark.parametrize("who", sorted(ALLOCATION_FAILURES))
+def test_every_allocation_failure_is_retried_with_a_note(who, capsys):
+    torch.manual_seed(0)
+    model = DiffUNet(1, 2, preset="tiny").eval()
+    settings = InferenceSettings(patch_size=(16, 16, 16), mirror_axes=(), precision="fp32", progress=False, steps=1)
+    image = torch.randn(1, 16, 16, 16)
+    error = ALLOCATION_FAILURES[who]
+    _, _, notes = predict_with_fallback([(OutOfMemoryAtFirst(model, 1, error), settings)], image, CPU, 0, "case_7")
+    assert len(notes) == 1 and notes[0].startswith(f"case_7: out of memory on cpu ({who}: {type(error).__name__}")
+    assert str(error).splitlines()[0] in notes[0] and "buffers on the CPU" in capsys.readouterr().out
+    with pytest.raises(CaseFailed, match=f"case_7: out of memory on cpu \\({who}\\)"):
+        predict_with_fallback([(OutOfMemoryAtFirst(model, 2, error), settings)], image, CPU, 0, "case_7")
 
 
 def test_out_of_memory_is_retried_with_buffers_on_the_cpu_then_listed(capsys):
@@ -117,6 +143,12 @@ def _write(array):
     return int(array.sum())
 
 
+def _check(name):
+    if name == "bad":
+        raise ValueError(f"{name}.nii.gz: not 3-D")
+    return len(name)
+
+
 def test_a_worker_error_names_the_case_and_stops_cleanly():
     items = [(n, n) for n in ("one", "two", "broken", "four", "five")]
     done = []
@@ -126,6 +158,24 @@ def test_a_worker_error_names_the_case_and_stops_cleanly():
         run_pipeline(items, _load_or_break, lambda a: done.append(a) or a, _write, 2, 1, progress=False)
     assert len(done) == 2  # the cases before the broken one went through
     assert not multiprocessing.active_children()  # every worker joined
+
+
+def test_worker_pools_fork_when_made_and_the_pipeline_runs_in_them():
+    """The stage makes the pools before its models go to the GPU: the workers must exist once they are made (a
+    fork pool otherwise forks at its first task, after the models), and a pipeline run in them leaves them up."""
+    from light_training.inference.pipeline import WorkerPools, check_all
+
+    with WorkerPools(1, 1) as pools:
+        workers = {p.pid for p in multiprocessing.active_children()}
+        assert len(workers) == 2
+        results, bad = check_all([(n, n) for n in ("one", "bad", "two")], _check, pools)  # every case, bad or not
+        assert results == {"one": 3, "two": 3} and bad == {"bad": "bad.nii.gz: not 3-D"}
+        with pytest.raises(PipelineError, match="broken: checking failed"):  # not a bad input: the run stops
+            check_all([("broken", "broken")], _load_or_break, pools)
+        written, _, _ = run_pipeline([("one", "one"), ("two", "two")], _load_or_break, lambda a: a * 2, _write,
+                                     pools=pools, progress=False)
+        assert written == ["one", "two"] and {p.pid for p in multiprocessing.active_children()} == workers
+    assert not multiprocessing.active_children()
 
 
 def test_fold_folders_side_by_side(tmp_path):
@@ -234,3 +284,45 @@ def test_bench_prediction_quick(tmp_path, repo_root):
     for row in rows:
         assert row["network s/case"] > 0 and row["wall s"] > row["network s/case"] and row["peak RSS GiB"] > 0.1
     assert "| dataset | cases |" in result.stdout and "load average at start" in result.stdout
+
+
+def _counting_reader(log: Path):
+    """``read_image`` that appends the file it reads to ``log`` (a file: the workers are other processes)."""
+    from light_training.io import read_image
+
+    def read(paths):
+        with open(log, "a") as file:
+            file.writelines(f"{Path(p).name}\n" for p in ([paths] if isinstance(paths, (str, Path)) else paths))
+        return read_image(paths)
+    return read
+
+
+def test_each_scan_is_read_once_and_the_workers_start_before_the_models_load(scans, repo_root, tmp_path,
+                                                                           monkeypatch, capsys):
+    """The up-front check (skip_bad_cases=False, the default) is the only reading of a scan: the network takes
+    the checked copies; and the worker processes exist before any model is loaded onto the device."""
+    import light_training.preprocessing.raw_cases as raw_cases
+    import light_training.stages.predict as stage
+
+    root, folder = scans
+    log = tmp_path / "reads.txt"
+    monkeypatch.setattr(raw_cases, "read_image", _counting_reader(log))
+    workers_at_load = []
+
+    def load_models(*args, **kwargs):
+        workers_at_load.append(len(multiprocessing.active_children()))
+        return real_load(*args, **kwargs)
+    real_load = stage.load_models
+    monkeypatch.setattr(stage, "load_models", load_models)
+    written = predict_in_process(repo_root, folder, tmp_path / "out", f"--checkpoint={root / 'a.pt'}",
+                                 "--num_parts=2", "--part_id=0", "--num_processes_preprocessing=1",
+                                 "--num_processes_export=1")
+    assert len(written) == 2
+    reads = log.read_text().split()
+    assert sorted(reads) == sorted(p.name for p in written), reads  # each scan once (a case's file: its name)
+    assert workers_at_load == [2]  # 1 loading + 1 writing process, forked before the models were loaded
+    assert "checked 2 scan(s) in" in capsys.readouterr().out
+    for path in written:
+        seconds = json.loads(path.with_name(path.name.replace(".nii.gz", "_record.json")).read_text())["seconds"]
+        assert set(seconds) == {"read + preprocess", "load checked input", "network", "restore + write"}
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # the checked copies are gone

@@ -3,8 +3,8 @@ requests that cannot be met, cuDNN/TF32 settings."""
 import pytest
 import torch
 
-from light_training.runtime import (PRECISIONS, backend_settings, configure_backends, cuda_precision, device_problem,
-                                    resolve_device, resolve_precision)
+from light_training.runtime import (PRECISIONS, backend_settings, configure_backends, cuda_fp32_math, cuda_precision,
+                                    device_problem, fp32_math, resolve_device, resolve_precision)
 
 # (capability, examples): below 8.0 cuDNN has no bf16 convolutions
 OLD = [(6, 1), (7, 0), (7, 5)]  # P40/GTX 10xx, V100, T4/RTX 20xx/Quadro RTX 6000
@@ -65,15 +65,56 @@ def test_backend_settings():
     assert configure_backends(torch.device("cpu"), "fp32") == backend_settings("cpu", "fp32")
 
 
-def test_configure_backends_sets_the_cuda_switches():
-    """The switches are process-wide flags that a CPU build holds too, so the CUDA branch runs here."""
+def _switches() -> dict:
+    """Every TF32 query torch has, new and legacy; a query that raises is recorded as its error."""
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.benchmark, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision, matmul.fp32_precision
+    queries = {"get_float32_matmul_precision": torch.get_float32_matmul_precision,
+               "matmul.allow_tf32": lambda: matmul.allow_tf32, "cudnn.allow_tf32": lambda: cudnn.allow_tf32,
+               "matmul.fp32_precision": lambda: matmul.fp32_precision,
+               "cudnn.conv.fp32_precision": lambda: cudnn.conv.fp32_precision,
+               "cudnn.rnn.fp32_precision": lambda: cudnn.rnn.fp32_precision}
+    answers = {}
+    for name, query in queries.items():
+        try:
+            answers[name] = query()
+        except RuntimeError as err:
+            answers[name] = f"raises: {str(err)[:60]}"
+    return answers
+
+
+IEEE = {"get_float32_matmul_precision": "highest", "matmul.allow_tf32": False, "cudnn.allow_tf32": False,
+        "matmul.fp32_precision": "ieee", "cudnn.conv.fp32_precision": "ieee", "cudnn.rnn.fp32_precision": "ieee"}
+TF32 = {"get_float32_matmul_precision": "high", "matmul.allow_tf32": True, "cudnn.allow_tf32": True,
+        "matmul.fp32_precision": "tf32", "cudnn.conv.fp32_precision": "tf32", "cudnn.rnn.fp32_precision": "tf32"}
+
+
+@pytest.mark.parametrize("before", ["fresh", "parents tf32", "parents ieee", "operations tf32"])
+def test_configure_backends_keeps_every_tf32_query_working(before):
+    """The switches are process-wide flags that a CPU build holds too, so the CUDA branch runs here: "fp32" is
+    IEEE and "bf16"/"fp16" TF32 by every query, whatever was set before (the newer parent switches, as
+    configure_backends set them before issue 25, or a user's own per-operation ones, which setting only the
+    parent to "ieee" leaves TF32), and no query raises."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.benchmark, cudnn.fp32_precision, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision,
+             matmul.fp32_precision)  # the newer getters: they never raise
     try:
-        configure_backends(torch.device("cuda:0"), "fp32")
-        assert cudnn.benchmark and cudnn.conv.fp32_precision == "ieee" and matmul.fp32_precision == "ieee"
-        configure_backends(torch.device("cuda:0"), "bf16")
-        assert cudnn.conv.fp32_precision == "tf32" and matmul.fp32_precision == "tf32"
-    finally:
-        cudnn.benchmark = saved[0]
-        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision, matmul.fp32_precision = saved[1:]
+        if before.startswith("parents"):
+            cudnn.fp32_precision = matmul.fp32_precision = before.split()[1]
+        elif before == "operations tf32":  # an explicit per-operation value is not overridden by its parent's
+            cudnn.conv.fp32_precision = cudnn.rnn.fp32_precision = matmul.fp32_precision = "tf32"
+        for precision, expected, math in [("fp32", IEEE, "ieee"), ("bf16", TF32, "tf32"), ("fp32", IEEE, "ieee"),
+                                          ("fp16", TF32, "tf32")]:
+            configure_backends(torch.device("cuda:0"), precision)
+            assert cudnn.benchmark and _switches() == expected, precision
+            assert cuda_fp32_math() == math
+    finally:  # back as it was, consistently for both kinds of query (the parent first: it sets its children)
+        cudnn.benchmark, cudnn.fp32_precision = saved[:2]
+        cudnn.allow_tf32, matmul.allow_tf32 = saved[2] == "tf32", saved[4] == "tf32"
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision, matmul.fp32_precision = saved[2:]
+
+
+def test_fp32_math_names_what_runs():
+    assert fp32_math("ieee", "ieee") == fp32_math("none", "ieee") == "ieee"  # "none": never switched, IEEE
+    assert fp32_math("tf32", "tf32") == "tf32"
+    assert fp32_math("tf32", "none") == "tf32 convolutions, ieee matmuls"
+    assert fp32_math("ieee", "tf32") == "ieee convolutions, tf32 matmuls"

@@ -1,8 +1,14 @@
 """The two CPU halves of predicting one case, run in worker processes beside the network or in the main
 process: read + check + preprocess a scan (:func:`load_input`), and restore + write its outputs and its
-record (:func:`export_case`). Both are plain functions of picklable arguments, for process pools."""
+record (:func:`export_case`). Both are plain functions of picklable arguments, for process pools.
+
+When every scan is checked before the first window (``skip_bad_cases=False``), the check is the reading:
+:func:`check_input` reads, checks and preprocesses a scan once and leaves the result in a folder, from
+which :func:`take_checked_input` takes it for the network (and deletes it), so no scan is read twice."""
 from __future__ import annotations
 
+import dataclasses
+import pickle
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -18,20 +24,22 @@ from light_training.inference.resume import write_record
 from light_training.preprocessing.preprocess import load_case, preprocess_case
 from light_training.preprocessing.raw_cases import RawCase, read_raw_case
 
-__all__ = ["CaseInput", "ExportJob", "read_scan", "load_input", "export_case", "remove_stale_temporaries"]
+__all__ = ["CaseInput", "ExportJob", "read_scan", "load_input", "check_input", "take_checked_input", "export_case",
+           "remove_stale_temporaries"]
 
 
 @dataclass
 class CaseInput:
     """A case ready for the network: ``image`` ``(C, Z, Y, X)`` float32 on the preprocessed grid, the label
     ``(Z, Y, X)`` (held-out mode, for the preview) or None, the preprocessing properties, and the reading's
-    warnings; ``seconds`` it took to read and preprocess."""
+    warnings; ``seconds`` per step it took ("read + preprocess"; "load checked input" when it was read by
+    the up-front check)."""
     name: str
     image: np.ndarray
     label: np.ndarray | None
     properties: dict[str, Any]
     notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,7 +85,38 @@ def load_input(name: str, raw: RawCase | None, description: DatasetDescription, 
     else:
         image, label, properties = load_case(data_dir, name)  # read-only memory maps: copied
         image, label, notes = np.array(image, dtype=np.float32), None if label is None else np.array(label), []
-    return CaseInput(name, image, label, properties, notes, time.perf_counter() - start)
+    return CaseInput(name, image, label, properties, notes, {"read + preprocess": time.perf_counter() - start})
+
+
+def _checked_paths(folder: str | Path, name: str) -> tuple[Path, Path]:
+    return Path(folder) / f"{name}_image.npy", Path(folder) / f"{name}_input.pkl"
+
+
+def check_input(item: tuple[str, RawCase], description: DatasetDescription, plans: dict[str, Any], nonfinite: str,
+                folder: str | Path) -> float:
+    """Read, check and preprocess the scan of ``item`` = ``(name, raw)`` once (:func:`load_input`) and leave the
+    result in ``folder`` for :func:`take_checked_input`; the seconds it took. ValueError names the file and
+    the problem (nothing is left then)."""
+    name, raw = item
+    case = load_input(name, raw, description, plans, nonfinite, None)
+    image_path, rest_path = _checked_paths(folder, name)
+    np.save(image_path, case.image)
+    with open(rest_path, "wb") as file:  # written last: its presence says the image is complete
+        pickle.dump(dataclasses.replace(case, image=case.image[:0]), file)
+    return case.seconds["read + preprocess"]
+
+
+def take_checked_input(name: str, folder: str | Path) -> CaseInput:
+    """The case that :func:`check_input` left in ``folder``, removed from there."""
+    start = time.perf_counter()
+    image_path, rest_path = _checked_paths(folder, name)
+    with open(rest_path, "rb") as file:
+        case = pickle.load(file)
+    image = np.load(image_path)
+    image_path.unlink()
+    rest_path.unlink()
+    return dataclasses.replace(case, image=image,
+                               seconds={**case.seconds, "load checked input": time.perf_counter() - start})
 
 
 def export_case(job: ExportJob) -> str:

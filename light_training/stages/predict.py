@@ -2,8 +2,11 @@
 
 With ``skip_bad_cases=False`` every input is found and checked before the first window is predicted:
 unreadable or truncated files, wrong dimensionality, missing sequences, channel count, NaN/Inf,
-sequences of one case on different grids; all problems are listed at once, by case and file. With
-``skip_bad_cases=True`` each scan is read once, by the pipeline, and the bad ones are listed at the end.
+sequences of one case on different grids; all problems are listed at once, by case and file. The check
+reads and preprocesses each scan once, and the network takes the checked copies (preprocessed float32,
+kept in ``<save_dir>/.checked_inputs_part<K>`` until then; the run prints the check's seconds, each case's
+record its "read + preprocess" and "load checked input"). With ``skip_bad_cases=True`` each scan is read
+once, by the pipeline, and the bad ones are listed at the end.
 
 The engines: :mod:`light_training.inference.ensemble` (which models), :mod:`~light_training.inference.resume`
 (which cases: this part, not done yet), :mod:`~light_training.inference.pipeline` (workers, out-of-memory
@@ -14,16 +17,20 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from light_training.datasets import DatasetDescription, load_dataset
 from light_training.inference import resume
-from light_training.inference.cases import ExportJob, CaseInput, export_case, load_input, read_scan, \
-    remove_stale_temporaries
+from light_training.inference.cases import ExportJob, CaseInput, check_input, export_case, load_input, read_scan, \
+    remove_stale_temporaries, take_checked_input
 from light_training.inference.ensemble import load_models, load_predictor
-from light_training.inference.pipeline import PipelineError, default_workers, predict_with_fallback, run_pipeline
+from light_training.inference.pipeline import (PipelineError, WorkerPools, check_all, default_workers,
+                                               predict_with_fallback, run_pipeline)
 from light_training.inference.prediction import InferenceSettings
 from light_training.parallel import map_cases
 from light_training.preprocessing.planning import plans_path
@@ -83,13 +90,22 @@ def _find_cases(c: dict[str, Any], description: DatasetDescription, checkpoints:
     return {n: None for n in sorted(members)}, members
 
 
-def _check_first(c: dict[str, Any], raws: list[RawCase], description: DatasetDescription, num_processes: int) -> None:
-    """With ``skip_bad_cases=False``: every scan to predict checked before any work, all problems at once."""
-    _, bad = check_scans(raws, description, c["nonfinite"], num_processes)
+def _check_first(c: dict[str, Any], todo: list[str], sources: dict[str, RawCase | None],
+                 description: DatasetDescription, plans: dict[str, Any], folder: Path, pools: WorkerPools) -> float:
+    """With ``skip_bad_cases=False``: every scan to predict read, checked and preprocessed before any work (in
+    the loading workers), all problems at once; the results wait in ``folder`` for the network (each scan is
+    read once). The seconds it took."""
+    start = time.perf_counter()
+    folder.mkdir(parents=True, exist_ok=True)
+    check = functools.partial(check_input, description=description, plans=plans, nonfinite=c["nonfinite"],
+                              folder=str(folder))
+    _, bad = check_all([(n, (n, sources[n])) for n in todo], check, pools)
     if bad:
-        raise ValueError(f"{len(bad)} of {len(raws)} scan(s) cannot be predicted; nothing was predicted:\n"
+        shutil.rmtree(folder, ignore_errors=True)
+        raise ValueError(f"{len(bad)} of {len(todo)} scan(s) cannot be predicted; nothing was predicted:\n"
                          f"{_listing(bad)}\n(fix or remove them, or run with --skip_bad_cases=True to predict "
                          f"the others)")
+    return time.perf_counter() - start
 
 
 def _stamp(c: dict[str, Any], name: str, raw: RawCase | None) -> list[list]:
@@ -113,14 +129,21 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
     configure_backends(device, resolve_precision(c["precision"], device))  # cudnn.benchmark; TF32 only under bf16/fp16
     num_parts, part_id = resume.resolve_part(c["num_parts"], c["part_id"], os.environ)
     resume.case_part([], num_parts, part_id)  # checks the two constants before any work
+    pre, export = default_workers(device.type, os.cpu_count() or 1)
+    pre = pre if c["num_processes_preprocessing"] is None else c["num_processes_preprocessing"]
+    export = export if c["num_processes_export"] is None else c["num_processes_export"]
+    with WorkerPools(pre, export) as pools:  # forked now, before a model touches the GPU
+        return _predict_part(c, script, device, num_parts, part_id, pools)
+
+
+def _predict_part(c: dict[str, Any], script: str, device: torch.device, num_parts: int, part_id: int,
+                  pools: WorkerPools) -> list[Path]:
+    """:func:`predict` once the device, the part and the worker ``pools`` are settled."""
     models = load_models(c["model"], c["checkpoint"], c["folds"], c["logdir"], c["checkpoint_name"], c["dataset"],
                          device, None if c["input_dir"] else plans_path(c["data_dir"]), c["postprocessing"])
     loaded, paths, rules = models.members, models.sources, models.postprocessing
     plans = loaded[0][1]["plans"]
     description = load_dataset(plans["description"])
-    pre, export = default_workers(device.type, os.cpu_count() or 1)
-    pre = pre if c["num_processes_preprocessing"] is None else c["num_processes_preprocessing"]
-    export = export if c["num_processes_export"] is None else c["num_processes_export"]
     sources, case_members = _find_cases(c, description, [ckpt for _, ckpt in loaded])
     mine = resume.case_part(list(sources), num_parts, part_id)
     fingerprint = resume.run_fingerprint(models.digests, {**c, "postprocessing": rules and rules.rules()})
@@ -130,8 +153,15 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
     done = [] if c["overwrite"] else [n for n in mine if resume.is_done(c["save_dir"], n, fingerprint, stamps[n],
                                                                           outputs[n])]
     todo = [n for n in mine if n not in done]
-    if c["input_dir"] and not c["skip_bad_cases"]:  # promise: nothing is predicted while a scan is bad
-        _check_first(c, [sources[n] for n in todo], description, pre)
+    checked = Path(c["save_dir"]) / f".checked_inputs_part{part_id}"  # the checked scans, until the network takes them
+    shutil.rmtree(checked, ignore_errors=True)  # what a killed run left
+    load = functools.partial(_load, sources=sources, description=description, plans=plans, nonfinite=c["nonfinite"],
+                             data_dir=c["data_dir"])
+    if c["input_dir"] and not c["skip_bad_cases"] and todo:  # promise: nothing is predicted while a scan is bad
+        seconds = _check_first(c, todo, sources, description, plans, checked, pools)
+        print(f"checked {len(todo)} scan(s) in {seconds:.1f} s (each read, checked and preprocessed once; the "
+              f"network takes them from {checked})", flush=True)
+        load = functools.partial(take_checked_input, folder=str(checked))
     remove_stale_temporaries(c["save_dir"], todo)  # what a killed run left half-written
     part = f" (part {part_id} of {num_parts}: {len(mine)} of {len(sources)} cases)" if num_parts > 1 else ""
     print(f"{len(todo)} case(s) to predict with {len(paths)} model(s){part}"
@@ -153,7 +183,7 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
         probabilities, uncertainty, notes = predict_with_fallback(chosen, case.image, device, c["seed"], case.name)
         probabilities = probabilities.cpu().numpy()  # the device's copies are freed here, before the next case
         uncertainty = None if uncertainty is None else uncertainty.cpu().numpy()
-        seconds = {"read + preprocess": case.seconds, "network": time.perf_counter() - start}  # .cpu(): synchronised
+        seconds = {**case.seconds, "network": time.perf_counter() - start}  # .cpu(): synchronised
         job = ExportJob(case, probabilities, uncertainty, plans, description, str(c["save_dir"]),
                         c["save_probabilities"], c["save_uncertainty"], c["save_preview"], outputs[case.name],
                         fingerprint, stamps[case.name],
@@ -162,13 +192,13 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
             job.case = dataclasses.replace(case, image=case.image[:0])  # the image is not sent to the writer
         return job
 
-    load = functools.partial(_load, sources=sources, description=description, plans=plans, nonfinite=c["nonfinite"],
-                             data_dir=c["data_dir"])
     try:
-        written, bad, failed = run_pipeline([(n, n) for n in todo], load, network, export_case, pre, export,
-                                            skip_bad_input=c["skip_bad_cases"])
+        written, bad, failed = run_pipeline([(n, n) for n in todo], load, network, export_case,
+                                            skip_bad_input=c["skip_bad_cases"], pools=pools)
     except PipelineError as err:
         raise StageFailed(f"{err}\n(the cases written so far are kept; run again to predict the rest)") from None
+    finally:
+        shutil.rmtree(checked, ignore_errors=True)
     skipped = bad
     write_config(c, script, c["save_dir"], None if num_parts == 1 else f"{Path(script).stem}_part{part_id}")
     print(f"{len(written)} prediction(s) written to {c['save_dir']}" + (f", {len(done)} done before" if done else ""))
