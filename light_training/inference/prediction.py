@@ -23,10 +23,10 @@ from monai.inferers import SlidingWindowInferer
 from diffunet.pure import FUSIONS
 from diffunet.uncertainty import check_uncertainty, entropy_term, uncertainty_from_means
 from light_training.io import Geometry, atomic_path, write_volume
-from light_training.runtime import autocast_context, seed_everything
+from light_training.runtime import autocast_context, resolve_precision, seed_everything
 from light_training.preprocessing.preprocess import restore_to_original
 
-__all__ = ["InferenceSettings", "predict_volume", "predict_ensemble", "save_prediction"]
+__all__ = ["InferenceSettings", "prepare_for_inference", "predict_volume", "predict_ensemble", "save_prediction"]
 
 
 @dataclass
@@ -39,6 +39,7 @@ class InferenceSettings:
     sw_batch_size: int = 1  # windows per network call (each times its mirrored copies)
     precision: str = "auto"
     channels_last: bool = False  # channels_last_3d: measured slower with bf16 on the CPU (bench_speed.py)
+    cast_weights: bool = False  # weights held in bf16/fp16 (prepare_for_inference), autocast casts inputs only
     batch_mirrors: bool | None = None  # mirrored copies in one network call; None: on CUDA yes, on the CPU
     #                                    no (one call per mirror measured 1.2-1.3x faster there, bench_speed.py)
     steps: int | None = None  # DDIM steps; None: the model's own
@@ -52,6 +53,24 @@ class InferenceSettings:
         check_uncertainty(self.uncertainty)
         if self.fusion is not None and self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be None (the model's own) or one of {FUSIONS}, got {self.fusion!r}")
+
+
+def prepare_for_inference(model: torch.nn.Module, settings: InferenceSettings,
+                          device: torch.device) -> torch.nn.Module:
+    """Put ``model``'s weights (in place, once, before torch.compile) in the form ``settings`` ask for:
+    ``channels_last_3d`` with ``channels_last`` (otherwise every convolution converts its weight per call),
+    the low precision that ``settings.precision`` resolves to on ``device`` with ``cast_weights``. Autocast
+    still runs: it casts the inputs (the image, the noise, the time embedding's float32 input), and finds the
+    weights already cast. ``ValueError`` for ``cast_weights`` in fp32."""
+    if settings.cast_weights:
+        precision = resolve_precision(settings.precision, device)
+        if precision == "fp32":
+            raise ValueError(f"cast_weights=True with precision={settings.precision!r} (fp32 on {device}): "
+                             f"nothing to cast; use precision 'bf16' or 'fp16', or cast_weights=False")
+        model = model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
 
 
 class _MirroredSampler:

@@ -24,7 +24,8 @@ from light_training.inference.cases import ExportJob, CaseInput, export_case, lo
     remove_stale_temporaries
 from light_training.inference.ensemble import checkpoint_paths, load_ensemble, load_predictor
 from light_training.inference.pipeline import PipelineError, default_workers, predict_with_fallback, run_pipeline
-from light_training.inference.prediction import InferenceSettings
+from light_training.fast_paths import resolve_fast_paths
+from light_training.inference.prediction import InferenceSettings, prepare_for_inference
 from light_training.parallel import map_cases
 from light_training.preprocessing.raw_cases import RawCase, find_raw_cases
 from light_training.runtime import (compile_for_inference, configure_backends, resolve_device, resolve_precision,
@@ -132,14 +133,18 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
     part = f" (part {part_id} of {num_parts}: {len(mine)} of {len(sources)} cases)" if num_parts > 1 else ""
     print(f"{len(todo)} case(s) to predict with {len(paths)} model(s){part}"
           + (f"; {len(done)} already done, skipped (--overwrite=True redoes them)" if done else ""), flush=True)
-    if c["torch_compile"] and todo:
-        for model, _ in loaded:
-            compile_for_inference(model)
+    fast = resolve_fast_paths("predict", device.type, resolve_precision(c["precision"], device),
+                              c.get("channels_last"), c.get("cast_weights"), c.get("compile_mode"))
     members = [(model, InferenceSettings(
         patch_size=ckpt["config"]["patch_size"], overlap=c["overlap"], mirror_axes=c["mirror_axes"],
         sw_batch_size=c["sw_batch_size"], precision=c["precision"], steps=c["steps"], fusion=c["fusion"],
-        uncertainty=c["uncertainty"], with_uncertainty=c["save_uncertainty"] or c["save_preview"]))
+        uncertainty=c["uncertainty"], with_uncertainty=c["save_uncertainty"] or c["save_preview"],
+        channels_last=fast.channels_last, cast_weights=fast.cast_weights))
         for model, ckpt in loaded]
+    for model, settings in members:  # the weights' layout and dtype first: torch.compile freezes them
+        prepare_for_inference(model, settings, device)
+        if c["torch_compile"] and todo:
+            compile_for_inference(model, fast.compile_mode)
 
     def network(case: CaseInput) -> ExportJob:
         for note in case.notes:
