@@ -75,11 +75,16 @@ def inherited(settings: Sequence[str], default: str) -> str:
     return next((s for s in settings if s != "none"), default)
 
 
-def fp32_math() -> dict[str, str]:
-    """What float32 convolutions (cuDNN) and matmuls (cuBLAS) run as now, "ieee" or "tf32", from torch's
-    ``fp32_precision`` switches: the operator's, its backend's, then ``torch.backends.fp32_precision``, each
-    "none" inheriting the next. Where all are "none", torch's defaults: TF32 convolutions, IEEE matmuls."""
+def fp32_math(device_type: str = "cuda") -> dict[str, str]:
+    """What float32 convolutions and matmuls run as now on ``device_type``, from torch's ``fp32_precision``
+    switches (the operator's, its backend's, then ``torch.backends.fp32_precision``, each "none" inheriting
+    the next). CUDA (cuDNN, cuBLAS): "ieee" or "tf32", and where all are "none" torch's defaults, TF32
+    convolutions and IEEE matmuls. The CPU (oneDNN): "ieee", or "bf16"/"tf32" where asked for."""
     top = torch.backends.fp32_precision
+    if device_type != "cuda":
+        mkldnn = torch.backends.mkldnn
+        return {"conv": inherited([mkldnn.conv.fp32_precision, mkldnn.fp32_precision, top], "ieee"),
+                "matmul": inherited([mkldnn.matmul.fp32_precision, mkldnn.fp32_precision, top], "ieee")}
     return {"conv": inherited([torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.fp32_precision, top],
                               "tf32"),
             "matmul": inherited([torch.backends.cuda.matmul.fp32_precision, top], "ieee")}

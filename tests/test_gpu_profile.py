@@ -118,7 +118,8 @@ def test_fp32_math_follows_torchs_switches():
     try:
         torch.backends.cudnn.fp32_precision = "ieee"
         torch.backends.cuda.matmul.fp32_precision = "tf32"
-        assert fp32_math() == {"conv": "ieee", "matmul": "tf32"}
+        assert fp32_math("cuda") == {"conv": "ieee", "matmul": "tf32"}
+        assert fp32_math("cpu") == {"conv": "ieee", "matmul": "ieee"}  # oneDNN's own switches, untouched
     finally:
         torch.backends.cudnn.fp32_precision, torch.backends.cuda.matmul.fp32_precision = before
 
@@ -135,3 +136,27 @@ def test_skip_reasons():
     graphs = {c.key: c for c in SAMPLE_CANDIDATES}["compiled_graphs"]
     assert "CUDA graphs" in skip_reason(graphs, "cpu", "bf16", True, True)
     assert skip_reason(Candidate("x", "x", compile="reduce-overhead"), "cuda", "bf16", True, True) is None
+
+
+def test_gpu_profile_runs_on_the_cpu(repo_root, tmp_path):
+    out = tmp_path / "gpu_profile.json"
+    result = subprocess.run([sys.executable, "benchmarks/gpu_profile.py", "--device=cpu", "--torch_compile=False",
+                             "--patch=16", "--repeats=1", "--matmul_size=256", "--profiled=['fp32']",
+                             "--train_candidates=['fp32','tf32','autocast','compiled']",
+                             "--sample_candidates=['fp32','weights_cl','compiled_graphs']", f"--json={out}"],
+                            cwd=repo_root, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["settings"]["preset"] == "tiny" and report["train_gflop"] > report["sample_gflop"] > 0
+    for stage in ("train", "sample"):  # (a): every kind, the convolutions the most time
+        seconds = report["kinds"][stage]["fp32"]["seconds"]
+        assert list(seconds) == list(KINDS) and max(seconds, key=seconds.get) in ("conv forward", "conv backward")
+    assert report["kinds"]["train"]["fp32"]["seconds"]["optimizer"] > 0  # the trainer's whole step
+    train = {row["key"]: row for row in report["sweep"]["train"]}
+    assert "TF32" in train["tf32"]["skipped"] and "compile" in train["compiled"]["skipped"]
+    assert train["fp32"]["seconds"] > 0 and train["fp32"]["peak_gib"] > 0
+    if report["settings"]["low_precision"] == "bf16":  # a CPU with bf16 units
+        assert abs(train["autocast"]["loss_rel_diff"]) < 0.02 and train["autocast"]["grad_cosine"] > 0.98
+        weights = {row["key"]: row for row in report["sweep"]["sample"]}["weights_cl"]
+        assert weights["argmax_agreement"] > 0.98 and weights["max_abs_prob_diff"] < 0.05
+    assert "(a) training step" in result.stdout and "(b) sampling window: the sweep" in result.stdout
