@@ -25,3 +25,6 @@ def test_gpu_check_runs_on_the_cpu(repo_root, tmp_path):
     step = measured[0]
     assert step["check"] == "train step" and abs(step["estimate_gib"] / step["peak_gib"] - 1) < 0.15, step
     assert "fp16, GradScaler" in result.stdout  # the fp16 step runs with the scaler
+    # the volume rows: the window and the inferer's whole-volume buffers, estimated and measured alike
+    volumes = [row for row in measured if row["check"] in ("sampling", "large volume")]
+    assert len(volumes) == 2 and all(abs(row["estimate_gib"] / row["peak_gib"] - 1) < 0.1 for row in volumes), volumes

@@ -113,20 +113,23 @@ class _MirroredSampler:
 
 
 def _volume_sums(model: torch.nn.Module, image: torch.Tensor, settings: InferenceSettings,
-                 device: torch.device) -> tuple[torch.Tensor, ...]:
+                 device: torch.device, roi_weight_map: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """One model over ``image`` ``(C, Z, Y, X)``: the inferer's blended outputs of :class:`_MirroredSampler`,
     each ``(1, ch, Z, Y, X)``, on the CPU when ``settings.buffers_on_cpu``, else on ``device``."""
     buffers = torch.device("cpu") if settings.buffers_on_cpu else device
     inferer = SlidingWindowInferer(roi_size=list(settings.patch_size), sw_batch_size=settings.sw_batch_size,
                                    overlap=settings.overlap, mode="gaussian", progress=settings.progress,
-                                   cache_roi_weight_map=True, device=buffers, sw_device=device)
+                                   cache_roi_weight_map=roi_weight_map is None, device=buffers, sw_device=device)
+    if roi_weight_map is not None:  # the cache MONAI would have computed, given
+        inferer.roi_weight_map = roi_weight_map
     outputs = inferer(image[None].to(buffers), _MirroredSampler(model, settings, device))
     return outputs if isinstance(outputs, tuple) else (outputs,)
 
 
 @torch.inference_mode()
 def predict_ensemble(members: Sequence[tuple[torch.nn.Module, InferenceSettings]], image: np.ndarray | torch.Tensor,
-                     device: torch.device, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     device: torch.device, seed: int | None = None, roi_weight_map: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Predict one preprocessed volume with one or several models (e.g. the folds of a cross-validation).
 
     Each model runs over the whole volume with its own settings (its patch size), the noise reset to
@@ -138,6 +141,8 @@ def predict_ensemble(members: Sequence[tuple[torch.nn.Module, InferenceSettings]
     Args:
         members: ``(model in eval mode on device, settings)`` per model, all with the same classes.
         image: ``(C, Z, Y, X)`` preprocessed image (any size; smaller than a window is padded).
+        roi_weight_map: the windows' Gaussian weights ``(1, 1, *patch)`` when already at hand; None: MONAI
+            computes them from values (light_training.memory passes shapes only).
     Returns:
         probabilities ``(K, Z, Y, X)`` float32 and the uncertainty map ``(Z, Y, X)`` float32 in [0, 1]
         (None when ``with_uncertainty`` is False), on ``device`` (on the CPU with ``buffers_on_cpu``).
@@ -150,7 +155,7 @@ def predict_ensemble(members: Sequence[tuple[torch.nn.Module, InferenceSettings]
     for model, settings in members:
         if seed is not None:
             seed_everything(seed)
-        outputs = _volume_sums(model, image, settings, device)
+        outputs = _volume_sums(model, image, settings, device, roi_weight_map)
         sums = list(outputs) if sums is None else [a.add_(b) for a, b in zip(sums, outputs)]
         del outputs
     means = [t[0] / len(members) for t in sums]  # (ch, Z, Y, X) each
