@@ -200,17 +200,20 @@ results["kinds"] = kinds
 
 # --------------------------------------------------------------------------- (b) the sweep
 def agreement_train(out: tuple, ref: tuple | None) -> tuple[dict, str]:
-    (loss, grad), ref = out, ref
+    """The first step's (loss, flat gradient) ``out`` against the fp32 reference's ``ref`` (None: not run)."""
+    loss, grad = out
     if ref is None or loss is None or ref[0] is None:
         return {}, "-" if loss is not None else "NaN/Inf step"
     loss_diff = abs(loss - ref[0]) / abs(ref[0])
-    cosine = float(torch.nn.functional.cosine_similarity(grad, ref[1], dim=0))
+    cosine = float(torch.nn.functional.cosine_similarity(grad.cpu(), ref[1], dim=0))
     return {"loss_rel_diff": loss_diff, "grad_cosine": cosine}, f"loss {loss_diff:.2%}, grad cos {cosine:.5f}"
 
 
 def agreement_sample(out: torch.Tensor, ref: torch.Tensor | None) -> tuple[dict, str]:
+    """The window's probabilities ``out`` (K, *window) against the fp32 reference's ``ref`` (None: not run)."""
     if ref is None:
         return {}, "-"
+    out = out.cpu()
     same = float((out.argmax(0) == ref.argmax(0)).float().mean())
     diff = float((out - ref).abs().max())
     return {"argmax_agreement": same, "max_abs_prob_diff": diff}, f"argmax {same:.3%}, max|dp| {diff:.4f}"
@@ -256,11 +259,13 @@ for stage, candidates, wanted in (("train", TRAIN_CANDIDATES, train_candidates),
                 out = fn()  # compiles here
                 numbers, agreement = agreement_sample(out, reference)
                 held = held_bytes([*model.parameters(), window])
-            if candidate.key == "fp32":
-                reference = out
+            if candidate.key == "fp32":  # kept on the host: not in the other candidates' peaks
+                reference = (out[0], out[1].cpu()) if stage == "train" else out.cpu()
+            del out
             seconds = timed(fn, dev, repeats)
             peak_gib = peak_bytes(fn, dev, held) / GIB
             del fn
+            trainer = model = None  # this candidate's networks go before the next one's are built
         share = gflop / seconds / 1e3 / peak
         sweep[stage].append({**row, "seconds": seconds, "peak_share": share, "peak_gib": peak_gib, **numbers})
         print(f"  {label_text:<58}{seconds:>9.4f}{share:>15.1%}{peak_gib:>10.2f}  {agreement}", flush=True)
