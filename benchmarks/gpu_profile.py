@@ -169,10 +169,14 @@ for stage, candidates in (("train", TRAIN_CANDIDATES), ("sample", SAMPLE_CANDIDA
             continue
         backends(candidate)
         torch.manual_seed(seed)
-        with tempfile.TemporaryDirectory() as logdir:
-            fn = train_setup(candidate, logdir)[0] if stage == "train" else sample_setup(candidate)[0]
-            seconds, wall, names = profile_kinds(fn)
-            del fn
+        try:
+            with tempfile.TemporaryDirectory() as logdir:
+                fn = train_setup(candidate, logdir)[0] if stage == "train" else sample_setup(candidate)[0]
+                seconds, wall, names = profile_kinds(fn)
+                del fn
+        except Exception as err:  # noqa: BLE001 -- a failing profile must not cost the sweep
+            print(f"(a) {stage} {candidate.key}: failed: {type(err).__name__}: {str(err)[:120]}")
+            continue
         label_text = candidate.label.format(low=low).split(",")[0]
         kinds[stage][candidate.key] = {"label": label_text, "seconds": seconds, "wall_s": wall,
                                        "fp32_kernel_math": fp32_kernel_math(names) if gpu else None}
@@ -227,11 +231,35 @@ def first_train_call(fn: Callable[[], object], trainer: Trainer) -> tuple[float 
     return (None if terms is None else float(terms["loss"])), torch.cat(grads)
 
 
+def measure(stage: str, candidate: Candidate, reference: object) -> tuple[dict, str, object]:
+    """One candidate: its first call (compiles; the agreement with ``reference``), then its time and peak.
+    Returns the row's numbers, the agreement's text and the first call's output (the reference's, on the host)."""
+    torch._dynamo.reset()  # each candidate compiles afresh: no recompile limit reached across them
+    backends(candidate)
+    with tempfile.TemporaryDirectory() as logdir:
+        if stage == "train":
+            fn, trainer = train_setup(candidate, logdir)
+            out = first_train_call(fn, trainer)  # compiles here
+            numbers, agreement = agreement_train(out, reference)
+            held = held_bytes([*trainer.model.parameters(), *batch.values(),
+                               *[s["momentum_buffer"] for s in trainer.optimizer.state.values()]])
+            out = (out[0], out[1].cpu())
+        else:
+            fn, model = sample_setup(candidate)
+            out = fn()  # compiles here
+            numbers, agreement = agreement_sample(out, reference)
+            held = held_bytes([*model.parameters(), window])
+            out = out.cpu()
+        seconds = timed(fn, dev, repeats)
+        numbers.update(seconds=seconds, peak_share=(train_gflop if stage == "train" else sample_gflop) / seconds
+                       / 1e3 / peak, peak_gib=peak_bytes(fn, dev, held) / GIB)
+    return numbers, agreement, out
+
+
 regional = has_regional_compile()
 sweep: dict = {"train": [], "sample": []}
 for stage, candidates, wanted in (("train", TRAIN_CANDIDATES, train_candidates),
                                   ("sample", SAMPLE_CANDIDATES, sample_candidates)):
-    gflop = train_gflop if stage == "train" else sample_gflop
     reference = None
     print(f"(b) {'training step' if stage == 'train' else 'sampling window'}: the sweep")
     print(f"  {'candidate':<58}{'s':>9}{f'% {peak_name} peak':>15}{'peak GiB':>10}  agreement with fp32")
@@ -245,30 +273,20 @@ for stage, candidates, wanted in (("train", TRAIN_CANDIDATES, train_candidates),
             sweep[stage].append({**row, "skipped": reason})
             print(f"  {label_text:<58}  skipped: {reason}")
             continue
-        torch._dynamo.reset()  # each candidate compiles afresh: no recompile limit reached across them
-        backends(candidate)
-        with tempfile.TemporaryDirectory() as logdir:
-            if stage == "train":
-                fn, trainer = train_setup(candidate, logdir)
-                out = first_train_call(fn, trainer)  # compiles here
-                numbers, agreement = agreement_train(out, reference)
-                held = held_bytes([*trainer.model.parameters(), *batch.values(),
-                                   *[s["momentum_buffer"] for s in trainer.optimizer.state.values()]])
-            else:
-                fn, model = sample_setup(candidate)
-                out = fn()  # compiles here
-                numbers, agreement = agreement_sample(out, reference)
-                held = held_bytes([*model.parameters(), window])
-            if candidate.key == "fp32":  # kept on the host: not in the other candidates' peaks
-                reference = (out[0], out[1].cpu()) if stage == "train" else out.cpu()
-            del out
-            seconds = timed(fn, dev, repeats)
-            peak_gib = peak_bytes(fn, dev, held) / GIB
-            del fn
-            trainer = model = None  # this candidate's networks go before the next one's are built
-        share = gflop / seconds / 1e3 / peak
-        sweep[stage].append({**row, "seconds": seconds, "peak_share": share, "peak_gib": peak_gib, **numbers})
-        print(f"  {label_text:<58}{seconds:>9.4f}{share:>15.1%}{peak_gib:>10.2f}  {agreement}", flush=True)
+        try:
+            numbers, agreement, out = measure(stage, candidate, reference)
+        except Exception as err:  # noqa: BLE001 -- one candidate failing on a GPU must not cost the others
+            failure = f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]}"
+            sweep[stage].append({**row, "failed": failure})
+            print(f"  {label_text:<58}  failed: {failure}", flush=True)
+            if gpu:
+                torch.cuda.empty_cache()
+            continue
+        if candidate.key == "fp32":
+            reference = out
+        sweep[stage].append({**row, **numbers})
+        print(f"  {label_text:<58}{numbers['seconds']:>9.4f}{numbers['peak_share']:>15.1%}"
+              f"{numbers['peak_gib']:>10.2f}  {agreement}", flush=True)
     print()
 results["sweep"] = sweep
 configure_backends(dev, low)
