@@ -114,8 +114,8 @@ TRAIN_CANDIDATES = (
     Candidate("tf32", "fp32 with TF32, eager", "fp32", tf32=True),
     Candidate("autocast", "{low} autocast, eager (today's trainer without compile)"),
     Candidate("autocast_cl", "{low} autocast, channels-last, eager", channels_last=True),
-    Candidate("compiled", "{low} autocast, compiled whole (today's CUDA default)", compile="whole"),
-    Candidate("compiled_regional", "{low} autocast, compiled regionally", compile="regional"),
+    Candidate("compiled", "{low} autocast, compiled whole networks", compile="whole"),
+    Candidate("compiled_regional", "{low} autocast, compiled regionally (U-Net stages)", compile="regional"),
     Candidate("cl_compiled", "{low} autocast, channels-last, compiled whole", channels_last=True, compile="whole"),
     Candidate("fp16", "fp16 autocast + GradScaler, eager", "fp16"),
 )
@@ -165,11 +165,12 @@ def skip_reason(candidate: Candidate, device_type: str, low: str, compiling: boo
 
 def compile_training(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     """The training candidates' compile: :func:`compile_for_training` of the whole networks ("whole") or of
-    their repeated blocks ("regional": its ``regional=True``; check :func:`has_regional_compile` first)."""
-    if mode == "regional":
-        if not has_regional_compile():
-            raise TypeError("compile_for_training(model, regional=True) is not there yet (issue 24 item 3)")
-        return compile_for_training(model, regional=True)
-    if mode != "whole":
+    their repeated blocks ("regional"), asked for explicitly once it takes ``regional=`` (its default may be
+    either); before that it compiles whole networks only (check :func:`has_regional_compile`)."""
+    if mode not in ("whole", "regional"):
         raise ValueError(f"mode={mode!r}: expected 'whole' or 'regional'")
+    if has_regional_compile():
+        return compile_for_training(model, regional=mode == "regional")
+    if mode == "regional":
+        raise TypeError("compile_for_training(model, regional=True) is not there yet (issue 24 item 3)")
     return compile_for_training(model)

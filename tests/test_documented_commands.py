@@ -19,7 +19,7 @@ _OVERRIDE = re.compile(r"--(\w+)")
 def _documents() -> list[Path]:
     scripts = [*ROOT.glob("[0-9]_*.py"), *ROOT.glob("brats2023/[0-9]_*.py"), *ROOT.glob("your_dataset/[0-9]_*.py"),
                ROOT / "demo.py", *ROOT.glob("benchmarks/*.py")]
-    return [ROOT / "README.md", ROOT / "Makefile", *sorted(ROOT.glob("docs/*.md")), *sorted(scripts)]
+    return [ROOT / "README.md", ROOT / "Makefile", *sorted(scripts)]
 
 
 def _text(path: Path) -> str:

@@ -160,3 +160,24 @@ def test_gpu_profile_runs_on_the_cpu(repo_root, tmp_path):
         weights = {row["key"]: row for row in report["sweep"]["sample"]}["weights_cl"]
         assert weights["argmax_agreement"] > 0.98 and weights["max_abs_prob_diff"] < 0.05
     assert "(a) training step" in result.stdout and "(b) sampling window: the sweep" in result.stdout
+
+
+def test_training_compile_candidates_ask_for_whole_or_regional(monkeypatch):
+    """Whatever compile_for_training's default, "whole" and "regional" ask for theirs explicitly once it takes
+    regional=; before that, "regional" is refused (and skipped by the sweep)."""
+    from benchmarks import profiling
+    calls = []
+
+    def with_keyword(model, regional: bool = True):
+        calls.append(regional)
+        return model
+
+    monkeypatch.setattr(profiling, "compile_for_training", with_keyword)
+    profiling.compile_training(torch.nn.Linear(1, 1), "whole")
+    profiling.compile_training(torch.nn.Linear(1, 1), "regional")
+    assert calls == [False, True] and profiling.has_regional_compile()
+    monkeypatch.setattr(profiling, "compile_for_training", lambda model: calls.append("plain") or model)
+    profiling.compile_training(torch.nn.Linear(1, 1), "whole")
+    assert calls[-1] == "plain" and not profiling.has_regional_compile()
+    with pytest.raises(TypeError, match="regional=True"):
+        profiling.compile_training(torch.nn.Linear(1, 1), "regional")
