@@ -35,8 +35,8 @@ from light_training.training.loss import diffunet_loss  # noqa: E402
 from light_training.inference.prediction import InferenceSettings, predict_volume  # noqa: E402
 from diffunet.conv import pytorch_choice  # noqa: E402
 from light_training.machine import describe_cpu  # noqa: E402
-from light_training.memory import GIB, estimate_sampling_window, estimate_train_step, estimate_volume  # noqa: E402
-from light_training.memory import fit_problem  # noqa: E402
+from light_training.memory import (GIB, estimate_sampling_window, estimate_train_step, estimate_volume,  # noqa: E402
+                                   fit_problem)
 from light_training.runtime import (autocast_context, compile_for_inference, configure_backends,  # noqa: E402
                                     cpu_has_bf16, resolve_precision)
 
