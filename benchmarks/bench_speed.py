@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.measure import flops_of, fp32_math, matmul_peak, sync, timed  # noqa: E402
+from benchmarks.profiling import fp32_kernel_math, kernel_records  # noqa: E402
 from diffunet import DiffUNet  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
 from light_training.io import write_json  # noqa: E402
@@ -163,6 +164,15 @@ else:
 
     base_s = timed(sample_fp32, dev, repeats)
     reference = sample_fp32()
+    if gpu:  # the math the baseline's kernels did: cuDNN's TF32 kernels carry "tf32" in their names
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as prof:  # CPU too: kernels are found by their op
+            sample_fp32()
+            sync(dev)
+        kernels = fp32_kernel_math([name for name, _, _ in kernel_records(prof, "cuda")])
+        results["fp32_kernels"] = kernels
+        rows.append((f"sampling {w}^3: fp32 kernels named tf32 / winograd", f"{kernels['tf32']} / "
+                     f"{kernels['winograd']}", "(0 tf32: IEEE fp32)"))
     if dev.type == "cpu":  # PyTorch's own kernel choice: its native slow path for fp32 batch-1 convolutions
         with pytorch_choice():
             add(f"sample_{w}_fp32_pytorch_choice_s",
