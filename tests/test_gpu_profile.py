@@ -181,3 +181,15 @@ def test_training_compile_candidates_ask_for_whole_or_regional(monkeypatch):
     assert calls[-1] == "plain" and not profiling.has_regional_compile()
     with pytest.raises(TypeError, match="regional=True"):
         profiling.compile_training(torch.nn.Linear(1, 1), "regional")
+
+
+def test_kernel_records_read_a_profile():
+    """The CUDA branch reads the ops' kernels (none on the CPU: an empty list, not an error); the CPU branch
+    the ops' self times, sorted by kind."""
+    from benchmarks.profiling import kernel_records
+    x, w = torch.randn(1, 2, 8, 8, 8), torch.randn(4, 2, 3, 3, 3)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        torch.nn.functional.leaky_relu(torch.nn.functional.conv3d(x, w, padding=1))
+    assert kernel_records(prof, "cuda") == []
+    seconds = time_by_kind(kernel_records(prof, "cpu"))
+    assert seconds["conv forward"] > 0 and seconds["element-wise"] > 0
