@@ -27,7 +27,8 @@ from diffunet import build_network  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
 from light_training.inference.prediction import InferenceSettings, predict_volume  # noqa: E402
 from light_training.io import write_json  # noqa: E402
-from light_training.memory import GIB, estimate_train_step, estimate_volume, measure_cpu_peak  # noqa: E402
+from light_training.memory import (GIB, estimate_train_step, estimate_volume,  # noqa: E402
+                                   measure_cpu_peak)
 from light_training.runtime import (compile_for_inference, configure_backends, resolve_device,  # noqa: E402
                                     resolve_precision)
 from light_training.training.trainer import Trainer, TrainSettings  # noqa: E402

@@ -316,8 +316,9 @@ class Trainer:
         generator = torch.Generator(self.device).manual_seed(self.settings.seed)  # same noise every time
         slices, has_boundary = None, hasattr(self.model, "boundary_labels")
         for image, label in patches.batches(self.settings.batch_size, self.dist.rank, self.dist.world_size):
-            x = torch.from_numpy(image).to(self.device).contiguous(memory_format=self.layout)
+            x = torch.from_numpy(image).to(self.device)
             y = torch.from_numpy(label).to(self.device).long()
+            x = x.contiguous(memory_format=self.layout)
             with self.autocast():
                 output = self.model.sample_members(x, steps=self.settings.val_steps, generator=generator,
                                                    return_boundary=True)
