@@ -52,7 +52,8 @@ class TrainSettings:
     accumulate_steps: int = 1  # batches per optimizer step (gradients averaged): effective batch
     #                            batch_size x accumulate_steps x GPUs
     precision: str = "auto"  # "auto", "fp32", "bf16", "fp16" (light_training.runtime); fp16 uses a grad scaler
-    channels_last: bool = False  # weights and batches in channels_last_3d (light_training.fast_paths)
+    channels_last: bool = False  # weights and training batches in channels_last_3d (light_training.fast_paths);
+    #                              validation's patches take the weights' layout at the first convolution
     seed: int = 0
 
 
@@ -318,7 +319,6 @@ class Trainer:
         for image, label in patches.batches(self.settings.batch_size, self.dist.rank, self.dist.world_size):
             x = torch.from_numpy(image).to(self.device)
             y = torch.from_numpy(label).to(self.device).long()
-            x = x.contiguous(memory_format=self.layout)
             with self.autocast():
                 output = self.model.sample_members(x, steps=self.settings.val_steps, generator=generator,
                                                    return_boundary=True)
