@@ -239,4 +239,3 @@ def test_resume_fills_options_newer_than_the_checkpoint_and_refuses_another_netw
     mba_off = Trainer(DiffUNet(1, 2, preset="tiny", mba=False), settings, tmp_path, {}, {}, torch.device("cpu"))
     with pytest.raises(TrainingStopped, match="'mba': \\(True, False\\)"):
         mba_off.resume()
-
