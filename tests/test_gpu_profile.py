@@ -148,10 +148,12 @@ def test_gpu_profile_runs_on_the_cpu(repo_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["settings"]["preset"] == "tiny" and report["train_gflop"] > report["sample_gflop"] > 0
-    for stage in ("train", "sample"):  # (a): every kind, the convolutions the most time
+    for stage in ("train", "sample"):  # (a): every kind; convolutions ran (their share is timing: not asserted)
         seconds = report["kinds"][stage]["fp32"]["seconds"]
-        assert list(seconds) == list(KINDS) and max(seconds, key=seconds.get) in ("conv forward", "conv backward")
-    assert report["kinds"]["train"]["fp32"]["seconds"]["optimizer"] > 0  # the trainer's whole step
+        assert list(seconds) == list(KINDS) and seconds["conv forward"] > 0 and seconds["normalisation"] > 0
+    train_kinds = report["kinds"]["train"]["fp32"]["seconds"]
+    assert train_kinds["conv backward"] > 0 and train_kinds["optimizer"] > 0  # the trainer's whole step
+    assert report["kinds"]["sample"]["fp32"]["seconds"]["conv backward"] == 0
     train = {row["key"]: row for row in report["sweep"]["train"]}
     assert "TF32" in train["tf32"]["skipped"] and "compile" in train["compiled"]["skipped"]
     assert train["fp32"]["seconds"] > 0 and train["fp32"]["peak_gib"] > 0
