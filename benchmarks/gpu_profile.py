@@ -192,8 +192,9 @@ for stage, candidates in (("train", TRAIN_CANDIDATES), ("sample", SAMPLE_CANDIDA
                 total = sum(c["seconds"].values()) or 1.0
                 cells.append(f"{c['seconds'][kind] * 1e3:>15.1f} ({c['seconds'][kind] / total:>6.1%})")
             print(f"  {kind:<18}" + "".join(f"{cell:>26}" for cell in cells))
-        print(f"  {'sum / wall':<18}" + "".join(
-            f"{sum(c['seconds'].values()) * 1e3:>15.1f} / {c['wall_s'] * 1e3:.1f}".rjust(26) for c in columns))
+        print(f"  {'sum / wall (busy)':<18}" + "".join(  # busy < 100 %: the device waits for the host
+            f"{sum(c['seconds'].values()) * 1e3:.1f} / {c['wall_s'] * 1e3:.1f} "
+            f"({sum(c['seconds'].values()) / c['wall_s']:.0%})".rjust(26) for c in columns))
         if gpu:
             print("  kernels named tf32 / winograd: " + ", ".join(
                 f"{c['label']}: {c['fp32_kernel_math']['tf32']} / {c['fp32_kernel_math']['winograd']}"
