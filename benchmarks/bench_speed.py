@@ -10,20 +10,25 @@ Examples:
     python benchmarks/bench_speed.py --quick=True                 # the 64^3 rows only (CPU: a few minutes)
     python benchmarks/bench_speed.py --json=./logs/bench_speed.json
     python benchmarks/bench_speed.py --device=cuda:0              # 128^3 windows on a GPU
+    python benchmarks/bench_speed.py --device=cuda:0 --card_gib=24  # as on a 24 GB card: rows that do not fit are skipped
+
+Rows whose estimated peak (light_training.memory, with cuDNN's benchmark workspace) does not fit the card
+(``card_gib``, or the GPU's own memory) are skipped, with the estimate and the card's size as the reason.
+The fp32 baseline's math (IEEE or TF32, from torch's fp32_precision switches) is printed beside it.
 """
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from statistics import median
 from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.measure import flops_of, fp32_math, matmul_peak, sync, timed  # noqa: E402
+from benchmarks.profiling import fp32_kernel_math, kernel_records  # noqa: E402
 from diffunet import DiffUNet  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
 from light_training.io import write_json  # noqa: E402
@@ -31,6 +36,8 @@ from light_training.training.loss import diffunet_loss  # noqa: E402
 from light_training.inference.prediction import InferenceSettings, predict_volume  # noqa: E402
 from diffunet.conv import pytorch_choice  # noqa: E402
 from light_training.machine import describe_cpu  # noqa: E402
+from light_training.memory import (GIB, estimate_sampling_window, estimate_train_step, estimate_volume,  # noqa: E402
+                                   fit_problem)
 from light_training.runtime import (autocast_context, compile_for_inference, configure_backends,  # noqa: E402
                                     cpu_has_bf16, resolve_precision)
 
@@ -48,6 +55,7 @@ volume_shape = [200, 256, 256]  # (z, y, x) of the synthetic CT predicted whole
 volume_preset = None  # model of the whole-volume rows; None: "paper" on a GPU, "tiny" on the CPU (paper: ~1 h)
 volume_patch = None  # sliding-window patch of the whole-volume rows; None: the window
 loader_workers = 2  # worker processes of the loader row
+card_gib = None  # skip the rows whose estimated peak (light_training.memory) does not fit this many GiB; None: the GPU's own memory (no check on the CPU)
 json = None  # also write every row to this JSON file
 seed = 0
 config = apply_overrides(globals())
@@ -59,24 +67,6 @@ rows: list[tuple[str, str, str]] = []  # (row, value, unit)
 results: dict = {"settings": dict(config, device=str(dev), window=window, torch=torch.__version__,
                                   threads=torch.get_num_threads(),
                                   cpu=describe_cpu() if dev.type == "cpu" else torch.cuda.get_device_name(dev))}
-
-
-def sync() -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn: Callable[[], object], n: int = repeats) -> float:
-    """Median seconds of ``n`` calls after one warm-up call."""
-    fn()
-    sync()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return median(times)
 
 
 def backends(precision: str) -> None:
@@ -100,17 +90,19 @@ def add(key: str, label: str, value: float, unit: str, fmt: str = "{:.3f}") -> N
     rows.append((label, fmt.format(value), unit))
 
 
-def matmul_peak(dtype: torch.dtype) -> float:
-    n = 8192 if dev.type == "cuda" else 2048
-    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
-    return 2 * n ** 3 / timed(lambda: a @ b, n=5) / 1e12
+card = card_gib if card_gib is not None else (
+    torch.cuda.get_device_properties(dev).total_memory / GIB if dev.type == "cuda" else None)
 
 
-def flops_of(fn: Callable[[], object]) -> float:
-    # FlopCounterMode counts aten.convolution; the direct oneDNN call of diffunet.conv would count 0
-    with pytorch_choice(), FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops() / 1e9
+def too_big(estimate: Callable[[], object]) -> str | None:
+    """Why a row cannot run on this card (its estimated peak, ``estimate()``'s, does not fit), or None;
+    the estimate is only made when there is a card to check (``card_gib``, or the GPU's memory)."""
+    return None if card is None else fit_problem(estimate().peak_bytes, card)
+
+
+def skip(key: str, label: str, reason: str) -> None:
+    results[key] = None
+    rows.append((label, "skipped", reason))
 
 
 def fast_model(model: torch.nn.Module, compile: bool = fast_compile) -> torch.nn.Module:
@@ -127,13 +119,17 @@ def fast_input(x: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- peaks
 backends("fp32")  # IEEE fp32 for the fp32 peak and baseline (CUDA: TF32 off)
+math = fp32_math(dev.type)  # what the switches say the fp32 baseline runs as (gpu_profile.py: which kernels ran)
+results["fp32_math"] = math
+rows.append(("fp32 baseline's math (conv / matmul)", f"{math['conv']} / {math['matmul']}",
+             "(torch's fp32_precision switches)"))
 fast_resolved = resolve_precision(fast_precision, dev)  # what "auto" means here: fp32 on a CPU without bf16 units
 # a CPU without bf16 units only emulates bf16 (0.0003 TFLOP/s measured): no peak to compare with, n/a
 native_bf16 = dev.type == "cuda" or cpu_has_bf16()
-peak32 = matmul_peak(torch.float32)
+peak32 = matmul_peak(dev, torch.float32)
 add("peak_fp32_tflops", "matmul peak fp32", peak32, "TFLOP/s")
 if native_bf16:
-    peak16 = matmul_peak(torch.bfloat16)
+    peak16 = matmul_peak(dev, torch.bfloat16)
     add("peak_bf16_tflops", "matmul peak bf16", peak16, "TFLOP/s")
 else:
     results["peak_bf16_tflops"] = None
@@ -143,61 +139,80 @@ fast_peak, fast_peak_name = (peak32, "fp32") if fast_resolved == "fp32" or not n
 
 # --------------------------------------------------------------------------- one window: sampling
 w = window
+gpu = dev.type == "cuda"
 model = DiffUNet(1, 2, preset=preset, steps=steps).to(dev).eval()
-image = torch.randn(1, 1, w, w, w, device=dev)
-gflop = flops_of(lambda: model.sample(image))
-add(f"sample_{w}_gflop", f"sampling {w}^3 ({preset}, T={steps}): work", gflop, "GFLOP", "{:.1f}")
+# the window in fp32 and in the fast precision, each with cuDNN's benchmark workspace on CUDA
+sample_skip = too_big(lambda: max((estimate_sampling_window("DiffUNet", model.config, [w] * 3, 1, precision,
+                                                            cudnn_benchmark=gpu)
+                                   for precision in ("fp32", fast_resolved)), key=lambda e: e.peak_bytes))
+if sample_skip:
+    skip(f"sample_{w}_fast_s", f"sampling {w}^3: fp32 eager and fast settings", sample_skip)
+else:
+    image = torch.randn(1, 1, w, w, w, device=dev)
+    gflop = flops_of(lambda: model.sample(image))
+    add(f"sample_{w}_gflop", f"sampling {w}^3 ({preset}, T={steps}): work", gflop, "GFLOP", "{:.1f}")
 
+    def sample_fp32() -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            return model.sample(image)
 
-def sample_fp32() -> tuple[torch.Tensor, torch.Tensor]:
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        return model.sample(image)
+    def sample_fast() -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(seed)
+        with torch.inference_mode(), autocast_context(dev, fast_precision):
+            return model.sample(image_fast)
 
+    base_s = timed(sample_fp32, dev, repeats)
+    reference = sample_fp32()
+    if gpu:  # the math the baseline's kernels did: cuDNN's TF32 kernels carry "tf32" in their names
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as prof:  # CPU too: kernels are found by their op
+            sample_fp32()
+            sync(dev)
+        kernels = fp32_kernel_math([name for name, _, _ in kernel_records(prof, "cuda")])
+        results["fp32_kernels"] = kernels
+        rows.append((f"sampling {w}^3: fp32 kernels named tf32 / winograd", f"{kernels['tf32']} / "
+                     f"{kernels['winograd']}", "(0 tf32: IEEE fp32)"))
+    if dev.type == "cpu":  # PyTorch's own kernel choice: its native slow path for fp32 batch-1 convolutions
+        with pytorch_choice():
+            add(f"sample_{w}_fp32_pytorch_choice_s",
+                f"sampling {w}^3: fp32 eager, PyTorch's kernel choice (slow path)", timed(sample_fp32, dev, repeats), "s")
+        add(f"sample_{w}_onednn_speedup", f"sampling {w}^3: oneDNN at batch 1 vs PyTorch's choice",
+            results[f"sample_{w}_fp32_pytorch_choice_s"] / base_s, "x", "{:.2f}")
+    backends(fast_precision)
+    image_fast = fast_input(image)
+    if fast_compile and (fast_resolved != "fp32" or fast_channels_last):  # the fast settings without torch.compile
+        model = fast_model(model, compile=False)
+        add(f"sample_{w}_fast_eager_s", f"sampling {w}^3: fast settings without torch.compile",
+            timed(sample_fast, dev, repeats), "s")
+    model = fast_model(model)
+    fast_s = timed(sample_fast, dev, repeats)  # the warm-up call compiles
+    reset_peak()
+    fast = sample_fast()
+    add_peak(f"sample_{w}_fast_peak_gib", f"sampling {w}^3: fast, peak memory")
+    add(f"sample_{w}_fp32_eager_s", f"sampling {w}^3: fp32 eager", base_s, "s")
+    add(f"sample_{w}_fast_s", f"sampling {w}^3: fast settings", fast_s, "s")
+    add(f"sample_{w}_speedup", f"sampling {w}^3: speed-up", base_s / fast_s, "x", "{:.2f}")
+    add(f"sample_{w}_fp32_peak_fraction", f"sampling {w}^3: fp32 eager, share of fp32 peak",
+        gflop / base_s / 1e3 / peak32, "", "{:.1%}")
+    add(f"sample_{w}_fast_peak_fraction", f"sampling {w}^3: fast, share of {fast_peak_name} peak",
+        gflop / fast_s / 1e3 / fast_peak, "", "{:.1%}")
+    add("argmax_agreement", "agreement: same argmax, fast vs fp32",
+        float((fast[0].argmax(1) == reference[0].argmax(1)).float().mean()), "", "{:.4%}")
+    add("max_abs_prob_diff", "agreement: max |p_fast - p_fp32|", float((fast[0] - reference[0]).abs().max()), "")
 
-def sample_fast() -> tuple[torch.Tensor, torch.Tensor]:
-    torch.manual_seed(seed)
-    with torch.inference_mode(), autocast_context(dev, fast_precision):
-        return model.sample(image_fast)
-
-
-base_s = timed(sample_fp32)
-reference = sample_fp32()
-if dev.type == "cpu":  # PyTorch's own kernel choice: its native slow path for fp32 batch-1 convolutions
-    with pytorch_choice():
-        add(f"sample_{w}_fp32_pytorch_choice_s", f"sampling {w}^3: fp32 eager, PyTorch's kernel choice (slow path)",
-            timed(sample_fp32), "s")
-    add(f"sample_{w}_onednn_speedup", f"sampling {w}^3: oneDNN at batch 1 vs PyTorch's choice",
-        results[f"sample_{w}_fp32_pytorch_choice_s"] / base_s, "x", "{:.2f}")
-backends(fast_precision)
-image_fast = fast_input(image)
-if fast_compile and (fast_resolved != "fp32" or fast_channels_last):  # the fast settings without torch.compile
-    model = fast_model(model, compile=False)
-    add(f"sample_{w}_fast_eager_s", f"sampling {w}^3: fast settings without torch.compile", timed(sample_fast), "s")
-model = fast_model(model)
-fast_s = timed(sample_fast)  # the warm-up call compiles
-reset_peak()
-fast = sample_fast()
-add_peak(f"sample_{w}_fast_peak_gib", f"sampling {w}^3: fast, peak memory")
-add(f"sample_{w}_fp32_eager_s", f"sampling {w}^3: fp32 eager", base_s, "s")
-add(f"sample_{w}_fast_s", f"sampling {w}^3: fast settings", fast_s, "s")
-add(f"sample_{w}_speedup", f"sampling {w}^3: speed-up", base_s / fast_s, "x", "{:.2f}")
-add(f"sample_{w}_fp32_peak_fraction", f"sampling {w}^3: fp32 eager, share of fp32 peak",
-    gflop / base_s / 1e3 / peak32, "", "{:.1%}")
-add(f"sample_{w}_fast_peak_fraction", f"sampling {w}^3: fast, share of {fast_peak_name} peak",
-    gflop / fast_s / 1e3 / fast_peak, "", "{:.1%}")
-add("argmax_agreement", "agreement: same argmax, fast vs fp32", float((fast[0].argmax(1) == reference[0].argmax(1))
-                                                                     .float().mean()), "", "{:.4%}")
-add("max_abs_prob_diff", "agreement: max |p_fast - p_fp32|", float((fast[0] - reference[0]).abs().max()), "")
-
-if not quick:  # test-time mirroring of one window: the 8 copies in one network call, or one call each
+mirror_skip = None if quick else too_big(lambda: estimate_sampling_window(
+    "DiffUNet", model.config, [w] * 3, 1, fast_resolved, mirrors=8, cudnn_benchmark=gpu))
+if mirror_skip:
+    skip(f"mirrors_{w}_one_call_s", f"8 mirrors of one {w}^3 window", mirror_skip)
+elif not quick:  # test-time mirroring of one window: the 8 copies in one network call, or one call each
     one_window = torch.randn(1, w, w, w, device=dev)
     for batched in (False, True):
         mirror_settings = InferenceSettings(patch_size=[w, w, w], mirror_axes=(0, 1, 2), precision=fast_precision,
                                             channels_last=fast_channels_last, batch_mirrors=batched, progress=False)
         add(f"mirrors_{w}_{'one_call' if batched else 'call_each'}_s",
             f"8 mirrors of one {w}^3 window: {'one call of 8' if batched else '8 calls of 1'}",
-            timed(lambda: predict_volume(model, one_window, mirror_settings, dev), n=1), "s")
+            timed(lambda: predict_volume(model, one_window, mirror_settings, dev), dev, 1), "s")
 
 # --------------------------------------------------------------------------- one training step
 model = DiffUNet(1, 2, preset=preset, steps=steps).to(dev).train()
@@ -222,27 +237,43 @@ def train_step(x: torch.Tensor, precision: str) -> None:
     scaler.update()
 
 
-train_gflop = flops_of(lambda: train_step(images, "fp32"))
-add(f"train_step_{w}_gflop", f"training step {w}^3 x{train_batch_size} (MC-Diff K=3): work", train_gflop,
-    "GFLOP", "{:.1f}")
+# the fp32 step and the fast one, each estimated (cuDNN's benchmark workspace on CUDA): a card may fit only the fast
+train_skip = {precision: too_big(lambda: estimate_train_step("DiffUNet", model.config, [w] * 3, train_batch_size,
+                                                             resolve_precision(precision, dev), cudnn_benchmark=gpu))
+              for precision in ("fp32", fast_precision)}
+fast_differs = fast_resolved != "fp32" or fast_channels_last  # else the fast training step is the fp32 one
+counted = "fp32" if not train_skip["fp32"] else fast_precision  # the FLOPs are the same in any precision
+if train_skip[counted]:
+    skip(f"train_step_{w}_fast_s", f"training step {w}^3: fp32 and fast", train_skip[counted])
+else:
+    train_gflop = flops_of(lambda: train_step(images, counted))
+    add(f"train_step_{w}_gflop", f"training step {w}^3 x{train_batch_size} (MC-Diff K=3): work", train_gflop,
+        "GFLOP", "{:.1f}")
 train_repeats = 1 if quick else max(1, repeats - 1)  # a training step is slow: fewer repetitions
-backends("fp32")
-train_base = timed(lambda: train_step(images, "fp32"), n=train_repeats)
-add(f"train_step_{w}_fp32_eager_s", f"training step {w}^3: fp32 eager", train_base, "s")
-add(f"train_step_{w}_fp32_peak_fraction", f"training step {w}^3: fp32 eager, share of fp32 peak",
-    train_gflop / train_base / 1e3 / peak32, "", "{:.1%}")
-if fast_resolved != "fp32" or fast_channels_last:  # else the fast training step is the fp32 one
+if train_skip["fp32"]:
+    if not train_skip[counted]:
+        skip(f"train_step_{w}_fp32_eager_s", f"training step {w}^3: fp32 eager", train_skip["fp32"])
+else:
+    backends("fp32")
+    train_base = timed(lambda: train_step(images, "fp32"), dev, train_repeats)
+    add(f"train_step_{w}_fp32_eager_s", f"training step {w}^3: fp32 eager", train_base, "s")
+    add(f"train_step_{w}_fp32_peak_fraction", f"training step {w}^3: fp32 eager, share of fp32 peak",
+        train_gflop / train_base / 1e3 / peak32, "", "{:.1%}")
+if fast_differs and not train_skip[fast_precision]:
     backends(fast_precision)
     model = fast_model(model)
     images_fast = fast_input(images)
-    train_fast = timed(lambda: train_step(images_fast, fast_precision), n=train_repeats)
+    train_fast = timed(lambda: train_step(images_fast, fast_precision), dev, train_repeats)
     reset_peak()
     train_step(images_fast, fast_precision)
     add_peak(f"train_step_{w}_fast_peak_gib", f"training step {w}^3: fast, peak memory")
     add(f"train_step_{w}_fast_s", f"training step {w}^3: fast settings", train_fast, "s")
-    add(f"train_step_{w}_speedup", f"training step {w}^3: speed-up", train_base / train_fast, "x", "{:.2f}")
+    if not train_skip["fp32"]:
+        add(f"train_step_{w}_speedup", f"training step {w}^3: speed-up", train_base / train_fast, "x", "{:.2f}")
     add(f"train_step_{w}_fast_peak_fraction", f"training step {w}^3: fast, share of {fast_peak_name} peak",
         train_gflop / train_fast / 1e3 / fast_peak, "", "{:.1%}")
+elif fast_differs and train_skip["fp32"] is None:
+    skip(f"train_step_{w}_fast_s", f"training step {w}^3: fast settings", train_skip[fast_precision])
 del model, optimizer
 
 if not quick:
@@ -265,18 +296,23 @@ if not quick:
         save_case(Path(tmp) / "train", raw[0].case, data, seg, properties)
         model = fast_model(DiffUNet(1, 2, preset=vpreset, steps=steps).to(dev).eval())
         for mirror in [(), (0, 1, 2)]:
+            key, what = ("volume_mirror_s", "8 mirrors") if mirror else ("volume_s", "no mirroring")
+            reason = too_big(lambda: estimate_volume("DiffUNet", model.config, data.shape[1:], vpatch, fast_resolved,
+                                                     mirrors=8 if mirror else 1, cudnn_benchmark=gpu))
+            if reason:
+                skip(key, f"whole CT ({vpreset}, patch {vpatch[0]}, {what})", reason)
+                continue
             settings = InferenceSettings(patch_size=vpatch, overlap=0.5, mirror_axes=mirror,
                                          precision=fast_precision, channels_last=fast_channels_last, progress=False)
             # warm-up on one window: torch.compile compiles here, not in the timed run
             predict_volume(model, np.zeros((1, *vpatch), dtype=np.float32), settings, dev)
-            sync()
+            sync(dev)
             reset_peak()
             start = time.perf_counter()
             predict_volume(model, data, settings, dev)
-            sync()
-            add("volume_mirror_s" if mirror else "volume_s",
-                f"whole CT {'x'.join(map(str, data.shape[1:]))} ({vpreset}, patch {vpatch[0]}, "
-                f"{'8 mirrors' if mirror else 'no mirroring'})", time.perf_counter() - start, "s", "{:.1f}")
+            sync(dev)
+            add(key, f"whole CT {'x'.join(map(str, data.shape[1:]))} ({vpreset}, patch {vpatch[0]}, {what})",
+                time.perf_counter() - start, "s", "{:.1f}")
             add_peak("volume_mirror_peak_gib" if mirror else "volume_peak_gib", "  peak memory")
         del model
         batches = 8

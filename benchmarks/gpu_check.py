@@ -27,7 +27,7 @@ from diffunet import build_network  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
 from light_training.inference.prediction import InferenceSettings, predict_volume  # noqa: E402
 from light_training.io import write_json  # noqa: E402
-from light_training.memory import (GIB, estimate_sampling_window, estimate_train_step,  # noqa: E402
+from light_training.memory import (GIB, estimate_train_step, estimate_volume,  # noqa: E402
                                    measure_cpu_peak)
 from light_training.runtime import (compile_for_inference, configure_backends, resolve_device,  # noqa: E402
                                     resolve_precision)
@@ -128,7 +128,8 @@ for step_precision, benchmark in runs:
         momentum = [s["momentum_buffer"] for s in trainer.optimizer.state.values()]
         terms, seconds, peak = peak_of(lambda: [trainer.train_step(batch, 0) for _ in range(steps)],
                                        held_bytes(*trainer.model.parameters(), *momentum, *batch.values()))
-    estimate = estimate_train_step("DiffUNet", model.config, patch, batch_size, step_precision).peak_gib
+    estimate = estimate_train_step("DiffUNet", model.config, patch, batch_size, step_precision,
+                                   cudnn_benchmark=benchmark).peak_gib
     scaler = ", GradScaler" if step_precision == "fp16" else ""
     finite = all(t is not None for t in terms)
     add("train step", f"{preset} {batch_size}x{'x'.join(map(str, patch))} {step_precision}{scaler}",
@@ -150,7 +151,8 @@ graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
 (probs, _), seconds, peak = peak_of(lambda: predict_volume(model, image, settings, dev),
                                     held_bytes(*model.parameters()))
 recompiles = torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs_before
-estimate = estimate_sampling_window("DiffUNet", model.config, window, 1, resolved, mirrors=8).peak_gib
+estimate = estimate_volume("DiffUNet", model.config, volume, window, resolved, mirrors=8,
+                           cudnn_benchmark=gpu).peak_gib
 add("sampling", f"{preset} {'x'.join(map(str, volume))}, 8 mirrors in one call",
     f"ok, {recompiles} recompiles" if torch_compile else "ok (eager)", seconds, peak, estimate)
 del model, probs
@@ -162,10 +164,11 @@ settings = InferenceSettings(patch_size=large_window, mirror_axes=(), precision=
 image = np.zeros((1, *large), dtype=np.float32)
 (probs, _), seconds, peak = peak_of(lambda: predict_volume(model, image, settings, dev),
                                     held_bytes(*model.parameters()))
-estimate = estimate_sampling_window("DiffUNet", model.config, large_window, 1, resolved).peak_gib
+estimate = estimate_volume("DiffUNet", model.config, large, large_window, resolved, cudnn_benchmark=gpu).peak_gib
 add("large volume", f"tiny {'x'.join(map(str, large))}, no mirrors", "ok", seconds, peak, estimate)
 print("peak: measured (CUDA: max_memory_allocated; CPU: the profiler's allocator events); est.: "
-      "light_training.memory, for one training step or one window call (a volume adds the inferer's buffers)")
+      "light_training.memory, for one training step or the whole volume (a window and the inferer's buffers), "
+      "with cuDNN's workspace where cudnn.benchmark is on")
 if json:
     write_json({"device": str(dev), "name": name, "capability": capability, "torch": torch.__version__,
                 "precision": resolved, "rows": rows}, json)

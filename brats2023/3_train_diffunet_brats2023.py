@@ -43,6 +43,7 @@ lr = 1e-2  # initial learning rate of SGD (Nesterov, momentum 0.99), poly decay 
 num_val_patches = 50  # validation patches (fixed, foreground-centred) for the pseudo Dice
 precision = "auto"  # "auto" (bf16 where the hardware has it, fp16 on GPUs older than compute capability 8.0), "fp32" (IEEE, no TF32), "bf16" or "fp16"
 num_threads = None  # CPU threads of torch; None: torch's default (fewer than the cores keep a busy machine steady)
+channels_last = None  # weights and patches in channels_last_3d (NDHWC); None: the device's default (off today, light_training.fast_paths)
 accumulate_steps = 1  # batches per optimizer step (gradients averaged): effective batch batch_size x this x GPUs
 mc_chunk = None  # MC-Diff passes run at once (None: all K in one batch; 1: one at a time, less memory, same loss)
 checkpointing = False  # activation checkpointing of the U-Net stages: less memory, about a third more compute

@@ -16,10 +16,17 @@ optimizer is SGD's multi-tensor ("foreach") form, CUDA's default, whose step hol
 of the gradients. Convolutions take PyTorch's own kernel choice (``diffunet.conv.pytorch_choice``: the
 CUDA path; the CPU's direct oneDNN calls have no fake-tensor kernels).
 
-Not counted (add them when sizing a card): the CUDA context (about 0.3-0.6 GiB), cuDNN/cuBLAS workspaces
-(up to a few hundred MiB, more with ``cudnn.benchmark``), the caching allocator's rounding and
-fragmentation (typically 5-15 %), and memory that kernels allocate inside one op (oneDNN scratchpads on
-the CPU). ``tests/test_memory.py`` checks the estimate against the peak of the same step on real CPU
+With ``cudnn_benchmark`` (what the stages set on CUDA) the estimate adds cuDNN's workspace: the algorithm
+that ``cudnn.benchmark`` finds fastest may ask for a workspace as large as the step's largest convolution
+output, counted once (:attr:`MemoryEstimate.workspace_bytes`; on an H200, issue 24, the benchmark step
+held 0.71 GiB more than without, about one such output of the MC-Diff passes). fp16's GradScaler runs in
+the step as in the trainer (it unscales in place: no copies; its extra 0.7 GiB on the H200 is the fp16
+algorithms' workspace, which this term covers to within 10 %). :func:`estimate_volume` adds the
+sliding-window inferer's whole-volume buffers to a window's estimate.
+
+Not counted (add them when sizing a card): the CUDA context (about 0.3-0.6 GiB), cuBLAS workspaces,
+the caching allocator's rounding and fragmentation (typically 5-15 %), and memory that kernels allocate
+inside one op (oneDNN scratchpads on the CPU). ``tests/test_memory.py`` checks the estimate against the peak of the same step on real CPU
 tensors, measured independently by the profiler's allocator events.
 """
 from __future__ import annotations
@@ -37,8 +44,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from diffunet.conv import pytorch_choice
 
-__all__ = ["GIB", "CUDA_RESERVED_GIB", "ALLOCATOR_MARGIN", "fits_on_card", "MemoryEstimate", "LiveBytes",
-           "estimate_train_step", "estimate_sampling_window", "mirror_axes_for",
+__all__ = ["GIB", "CUDA_RESERVED_GIB", "ALLOCATOR_MARGIN", "fits_on_card", "fit_problem", "MemoryEstimate",
+           "LiveBytes", "estimate_train_step", "estimate_sampling_window", "estimate_volume", "mirror_axes_for",
            "train_step_setup", "train_step", "sampling_window_setup", "sampling_window", "measure_cpu_peak"]
 
 GIB = 1024 ** 3
@@ -53,16 +60,30 @@ def fits_on_card(peak_bytes: int, card_gib: float, reserved_gib: float = CUDA_RE
     return peak_bytes * (1 + margin) / GIB + reserved_gib <= card_gib
 
 
+def fit_problem(peak_bytes: int, card_gib: float, reserved_gib: float = CUDA_RESERVED_GIB,
+                margin: float = ALLOCATOR_MARGIN) -> str | None:
+    """None when :func:`fits_on_card`, else why not, with the numbers (for a row that is skipped)."""
+    if fits_on_card(peak_bytes, card_gib, reserved_gib, margin):
+        return None
+    need = peak_bytes * (1 + margin) / GIB + reserved_gib
+    return (f"does not fit: estimated {peak_bytes / GIB:.1f} GiB + {margin:.0%} allocator + {reserved_gib:g} GiB "
+            f"context = {need:.1f} GiB > the card's {card_gib:.1f} GiB")
+
+
 @dataclass(frozen=True)
 class MemoryEstimate:
     """Bytes of one step. ``peak_bytes``: the most held at once (everything below included);
     ``parameter_bytes``: the weights; ``gradient_bytes``: their gradients (0 when sampling);
-    ``optimizer_bytes``: SGD's momentum buffers (0 when sampling); ``input_bytes``: the batch itself."""
+    ``optimizer_bytes``: SGD's momentum buffers (0 when sampling); ``input_bytes``: the batch itself;
+    ``workspace_bytes``: cuDNN's with ``cudnn_benchmark``; ``buffer_bytes``: the inferer's whole-volume
+    buffers held while the windows run (:func:`estimate_volume`)."""
     peak_bytes: int
     parameter_bytes: int
     gradient_bytes: int = 0
     optimizer_bytes: int = 0
     input_bytes: int = 0
+    workspace_bytes: int = 0
+    buffer_bytes: int = 0
 
     @property
     def peak_gib(self) -> float:
@@ -71,7 +92,8 @@ class MemoryEstimate:
     @property
     def activation_bytes(self) -> int:
         """The rest of the peak: activations kept for backward and transients."""
-        return self.peak_bytes - self.parameter_bytes - self.gradient_bytes - self.optimizer_bytes - self.input_bytes
+        return (self.peak_bytes - self.parameter_bytes - self.gradient_bytes - self.optimizer_bytes - self.input_bytes
+                - self.workspace_bytes - self.buffer_bytes)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -121,10 +143,13 @@ class _FakeLiveBytes(LiveBytes):
     (``.tolist()``, ``int(t)``; MONAI's Dice loss does) gets it. Every large tensor stays fake."""
 
     _SMALL = 64
+    _CONVOLUTIONS = (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default,
+                     torch.ops.aten.conv3d.default, torch.ops.aten.conv_transpose3d.input)  # the last two: inference
 
     def __init__(self) -> None:
         super().__init__()
         self._values: WeakIdKeyDictionary = WeakIdKeyDictionary()  # fake tensor -> its real value
+        self.largest_convolution = 0  # bytes of the largest tensor a convolution (or its backward) made
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -136,6 +161,8 @@ class _FakeLiveBytes(LiveBytes):
                 return self._values[inputs[0]].item()
         out = super().__torch_dispatch__(func, types, args, kwargs)
         outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+        if func in self._CONVOLUTIONS:
+            self.largest_convolution = max([self.largest_convolution, *(t.nbytes for t in outputs)])
         if known and outputs and all(t.numel() <= self._SMALL and not t.is_floating_point() for t in outputs):
             real_args, real_kwargs = tree_map(lambda a: self._values[a] if isinstance(a, torch.Tensor) else a,
                                               (args, kwargs))
@@ -199,20 +226,23 @@ def train_step_setup(model_class: str, model_config: dict[str, Any], patch_size:
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, image: torch.Tensor, label: torch.Tensor,
                precision: str) -> int:
-    """The trainer's step without its checks: forward and loss under autocast, backward, gradient
-    clipping, optimizer step. Returns the bytes of the gradients (freed before returning)."""
+    """The trainer's step without its checks: forward and loss under autocast, backward (fp16: through the
+    GradScaler, unscaled before clipping), gradient clipping, optimizer step. Returns the bytes of the
+    gradients (freed before returning)."""
     from light_training.runtime import autocast_context
     from light_training.training.loss import training_loss
 
+    scaler = torch.amp.GradScaler(image.device.type, enabled=precision == "fp16")
     with autocast_context(image.device, precision):
         output = model(image, label)
         loss = training_loss(output, label, 1, 2)["loss"]
     del output
-    loss.backward()
+    scaler.scale(loss).backward()
     del loss
+    scaler.unscale_(optimizer)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     torch.nn.utils.clip_grad_norm_(params, 12.0)
-    optimizer.step()
+    optimizer.step()  # not scaler.step: it reads whether a gradient was inf, a value fake tensors do not have
     gradient_bytes = _bytes([p.grad for p in params if p.grad is not None])
     optimizer.zero_grad(set_to_none=True)
     return gradient_bytes
@@ -220,14 +250,14 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, image: 
 
 def estimate_train_step(model_class: str, model_config: dict[str, Any], patch_size: Sequence[int],
                         batch_size: int, precision: str, *, mc_chunk: int | None = None,
-                        checkpointing: bool = False) -> MemoryEstimate:
+                        checkpointing: bool = False, cudnn_benchmark: bool = False) -> MemoryEstimate:
     """Peak memory of one steady-state training step (momentum buffers already there) of the network
     ``model_class`` (a checkpoint's name: "DiffUNet", "PlainUNet") built from ``model_config`` on a batch
     of ``batch_size`` patches ``patch_size`` (z, y, x) in ``precision`` ("fp32", "bf16", "fp16").
 
     The step is the trainer's (:func:`train_step`): forward and loss under autocast, backward, gradient
     clipping, SGD (Nesterov, weight decay, foreach). ``mc_chunk``/``checkpointing``: the memory options
-    of the training constants.
+    of the training constants; ``cudnn_benchmark``: add cuDNN's workspace (the module docstring).
     """
     patch = _check(patch_size, batch_size, precision)
     tracker = _FakeLiveBytes()
@@ -237,8 +267,9 @@ def estimate_train_step(model_class: str, model_config: dict[str, Any], patch_si
         tracker.reset_peak()
         gradient_bytes = train_step(model, optimizer, image, label, precision)
         momentum = [s["momentum_buffer"] for s in optimizer.state.values()]
-        return MemoryEstimate(tracker.peak, _bytes(model.parameters()), gradient_bytes, _bytes(momentum),
-                              _bytes([image, label]))
+        workspace = tracker.largest_convolution if cudnn_benchmark else 0
+        return MemoryEstimate(tracker.peak + workspace, _bytes(model.parameters()), gradient_bytes, _bytes(momentum),
+                              _bytes([image, label]), workspace)
 
 
 def sampling_window_setup(model_class: str, model_config: dict[str, Any], patch_size: Sequence[int],
@@ -262,11 +293,13 @@ def sampling_window(model: torch.nn.Module, windows: torch.Tensor, precision: st
 
 
 def estimate_sampling_window(model_class: str, model_config: dict[str, Any], patch_size: Sequence[int],
-                             batch_size: int, precision: str, *, mirrors: int = 1) -> MemoryEstimate:
+                             batch_size: int, precision: str, *, mirrors: int = 1,
+                             cudnn_benchmark: bool = False) -> MemoryEstimate:
     """Peak memory of one network call of the sliding-window prediction: ``batch_size`` windows
     ``patch_size`` (z, y, x) times ``mirrors`` mirrored copies (1, 2, 4, 8) in one batch (as on CUDA),
-    sampled in ``precision`` without gradients, with the mirrors' averaging. The whole-volume buffers of
-    the inferer (the image, the blended outputs and their weights) are not included."""
+    sampled in ``precision`` without gradients, with the mirrors' averaging; ``cudnn_benchmark``: with
+    cuDNN's workspace (the module docstring). The whole-volume buffers of the inferer (the image, the
+    blended outputs and their weights) are :func:`estimate_volume`'s."""
     patch = _check(patch_size, batch_size, precision)
     mirror_axes_for(mirrors)
     tracker = _FakeLiveBytes()
@@ -274,7 +307,59 @@ def estimate_sampling_window(model_class: str, model_config: dict[str, Any], pat
         model, windows = sampling_window_setup(model_class, model_config, patch, batch_size)
         tracker.reset_peak()
         sampling_window(model, windows, precision, mirrors)
-        return MemoryEstimate(tracker.peak, _bytes(model.parameters()), input_bytes=_bytes([windows]))
+        workspace = tracker.largest_convolution if cudnn_benchmark else 0
+        return MemoryEstimate(tracker.peak + workspace, _bytes(model.parameters()), input_bytes=_bytes([windows]),
+                              workspace_bytes=workspace)
+
+
+class _WindowStandIn(torch.nn.Module):
+    """The network's place in :func:`estimate_volume`: each call allocates and frees ``transient`` bytes (what
+    the real call holds on top of its weights and input) and returns outputs of the real call's shapes."""
+
+    def __init__(self, num_classes: int, transient: int):
+        super().__init__()
+        self.num_classes, self.transient = num_classes, transient
+
+    def sample_members(self, image: torch.Tensor, steps: int | None = None, fusion: str | None = None):
+        from diffunet.uncertainty import SampleOutput
+
+        scratch = torch.empty(self.transient, dtype=torch.uint8, device=image.device)
+        del scratch
+        n, _, *spatial = image.shape
+        probs = torch.zeros(n, self.num_classes, *spatial, device=image.device)
+        return SampleOutput(probs, torch.zeros_like(probs), torch.zeros(n, *spatial, device=image.device), 1)
+
+
+def estimate_volume(model_class: str, model_config: dict[str, Any], volume_shape: Sequence[int],
+                    patch_size: Sequence[int], precision: str, *, mirrors: int = 1, sw_batch_size: int = 1,
+                    uncertainty: str | None = "total", cudnn_benchmark: bool = False) -> MemoryEstimate:
+    """Peak memory of predicting one whole volume ``(C, *volume_shape)`` (z, y, x; at least one window in
+    every axis) with windows ``patch_size``, as :func:`light_training.inference.prediction.predict_volume`
+    does with the buffers on the device: the inferer's own code (MONAI's sliding window, the mirrors'
+    averaging, the final means and the ``uncertainty`` map; None: none) runs on fake tensors, with a stand-in
+    for the network whose every call holds what :func:`estimate_sampling_window` puts over the weights and
+    the input. ``buffer_bytes``: what the volume adds to the window's peak. The mirrored copies of a window
+    are counted twice (by the window and by the inferer): a few MiB."""
+    from light_training.inference.prediction import InferenceSettings, predict_ensemble
+
+    patch, volume = _check(patch_size, sw_batch_size, precision), tuple(int(v) for v in volume_shape)
+    if len(volume) != len(patch) or any(v < p for v, p in zip(volume, patch)):
+        raise ValueError(f"volume_shape={list(volume)}: expected at least one window {list(patch)} in every axis")
+    window = estimate_sampling_window(model_class, model_config, patch, sw_batch_size, precision, mirrors=mirrors,
+                                      cudnn_benchmark=cudnn_benchmark)
+    transient = window.peak_bytes - window.parameter_bytes - window.input_bytes
+    settings = InferenceSettings(patch_size=patch, mirror_axes=mirror_axes_for(mirrors), sw_batch_size=sw_batch_size,
+                                 precision="fp32", batch_mirrors=True, uncertainty=uncertainty or "total",
+                                 with_uncertainty=uncertainty is not None, progress=False)
+    tracker = _FakeLiveBytes()
+    with FakeTensorMode(), tracker:
+        image = torch.zeros(model_config["in_channels"], *volume)  # the device's copy of the volume
+        weights = torch.ones(1, 1, *patch)  # the inferer's Gaussian window weights (MONAI computes them from values)
+        predict_ensemble([(_WindowStandIn(model_config["num_classes"], transient), settings)], image,
+                         torch.device("cpu"), roi_weight_map=weights)
+    peak = tracker.peak + window.parameter_bytes
+    return MemoryEstimate(peak, window.parameter_bytes, input_bytes=_bytes([image]),
+                          workspace_bytes=window.workspace_bytes, buffer_bytes=max(0, peak - window.peak_bytes))
 
 
 def measure_cpu_peak(step: Callable[[], Any], live_before: int) -> int:

@@ -188,10 +188,11 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
     return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
 
 
-def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
+def compile_for_inference(model: torch.nn.Module, mode: str = "default") -> torch.nn.Module:
     """``torch.compile`` the boundary branch and the denoiser of a DiffUNet (or the plain U-Net) in place,
     with inductor's weight freezing (constant-folded, prepacked convolution weights). Inference only; the
-    first call compiles (about a minute on a CPU), later calls of the same window size reuse it.
+    first call compiles (about a minute on a CPU), later calls of the same window size reuse it. ``mode``:
+    torch.compile's, one of :data:`light_training.fast_paths.COMPILE_MODES` ("reduce-overhead": CUDA graphs).
 
     An image U-Net (the boundary branch, the baseline) is compiled as its encoder and its decoder: sampling
     calls ``encode`` alone (its decoder is not needed), which a compiled wrapper of the whole U-Net would
@@ -202,11 +203,12 @@ def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
     inductor_config.freezing = True
     for name in ("boundary", "unet"):  # DiffUNet's boundary branch, or the plain U-Net baseline
         if (branch := getattr(model, name, None)) is not None:
-            branch.encoder, branch.decoder = torch.compile(branch.encoder), torch.compile(branch.decoder)
+            branch.encoder = torch.compile(branch.encoder, mode=mode)
+            branch.decoder = torch.compile(branch.decoder, mode=mode)
     if (denoiser := getattr(model, "denoiser", None)) is not None:
         if getattr(denoiser, "mba", None) is not None:  # its boundary half runs once per window, outside forward
-            denoiser.mba.prepare = torch.compile(denoiser.mba.prepare)
-        model.denoiser = torch.compile(denoiser)
+            denoiser.mba.prepare = torch.compile(denoiser.mba.prepare, mode=mode)
+        model.denoiser = torch.compile(denoiser, mode=mode)
     return model
 
 

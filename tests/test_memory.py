@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from diffunet import build_network
-from light_training.memory import (LiveBytes, estimate_sampling_window, estimate_train_step, fits_on_card,
-                                   measure_cpu_peak, sampling_window, sampling_window_setup, train_step,
-                                   train_step_setup)
+from light_training.inference.prediction import InferenceSettings, predict_volume
+from light_training.memory import (LiveBytes, estimate_sampling_window, estimate_train_step, estimate_volume,
+                                   fit_problem, fits_on_card, measure_cpu_peak, sampling_window, sampling_window_setup,
+                                   train_step, train_step_setup)
 
 
 def _bytes(tensors) -> int:
@@ -86,6 +87,39 @@ def test_bad_requests_are_refused():
 def test_fits_on_card():
     gib = 2 ** 30
     assert fits_on_card(20 * gib, 24) and not fits_on_card(21 * gib, 24)  # 20 * 1.1 + 1 = 23 <= 24 < 24.1
+    assert fit_problem(20 * gib, 24) is None
+    assert fit_problem(26.5 * gib, 24) == ("does not fit: estimated 26.5 GiB + 10% allocator + 1 GiB context = "
+                                           "30.2 GiB > the card's 24.0 GiB")
+
+
+def test_volume_estimate_matches_the_cpu_peak():
+    """The whole volume: the window's peak on top of the inferer's buffers (its image, blended sums, weights,
+    the final means and the uncertainty map), measured by the profiler on a real prediction."""
+    model_class, config = _tiny()
+    volume, patch = (24, 40, 32), (16, 16, 16)
+    estimate = estimate_volume(model_class, config, volume, patch, "fp32")
+    torch.manual_seed(0)
+    model = build_network("diffunet", 1, 3, preset="tiny").eval()
+    settings = InferenceSettings(patch_size=patch, mirror_axes=(), precision="fp32", progress=False)
+    image = torch.zeros(1, *volume)
+    real = measure_cpu_peak(lambda: predict_volume(model, image, settings, torch.device("cpu")),
+                            _bytes(model.parameters()))
+    assert abs(estimate.peak_bytes / real - 1) < 0.1, (estimate.peak_bytes, real)
+    window = estimate_sampling_window(model_class, config, patch, 1, "fp32")
+    assert estimate.buffer_bytes > 0 and estimate.peak_bytes == window.peak_bytes + estimate.buffer_bytes
+    with pytest.raises(ValueError, match="at least one window"):
+        estimate_volume(model_class, config, (8, 40, 32), patch, "fp32")
+
+
+def test_cudnn_benchmark_adds_the_largest_convolution_output():
+    model_class, config = _tiny()
+    plain = estimate_train_step(model_class, config, (16, 16, 16), 2, "bf16")
+    benchmark = estimate_train_step(model_class, config, (16, 16, 16), 2, "bf16", cudnn_benchmark=True)
+    # the largest convolution output: the MC-Diff passes' top decoder stage, K x B x 8 channels, bf16
+    assert benchmark.workspace_bytes == 3 * 2 * 8 * 16 ** 3 * 2
+    assert benchmark.peak_bytes == plain.peak_bytes + benchmark.workspace_bytes and plain.workspace_bytes == 0
+    window = estimate_sampling_window(model_class, config, (16, 16, 16), 1, "bf16", mirrors=8, cudnn_benchmark=True)
+    assert window.workspace_bytes == 8 * 8 * 16 ** 3 * 2  # 8 mirrors x 8 channels at the top stage, bf16
 
 
 def test_bench_memory_writes_its_rows(repo_root, tmp_path):

@@ -9,7 +9,8 @@ from diffunet import DiffUNet
 from light_training.io import Geometry, read_volume, write_volume
 from light_training.preprocessing.raw_cases import find_raw_cases
 from light_training.preprocessing.planning import plan_dataset
-from light_training.inference.prediction import InferenceSettings, predict_volume, save_prediction
+from light_training.inference.prediction import (InferenceSettings, predict_volume, prepare_for_inference,
+                                                  save_prediction)
 from light_training.runtime import compile_for_inference
 from light_training.preprocessing.preprocess import preprocess_case
 from light_training.io import read_image
@@ -138,3 +139,31 @@ def test_prediction_has_the_source_geometry(tmp_path):
     saved = np.load(tmp_path / "pred" / "AIIB23_7.npz")["probabilities"]
     assert saved.shape == (2, *geometry.shape)
     np.testing.assert_array_equal(saved.argmax(0), segmentation)
+
+
+@pytest.mark.parametrize("channels_last, cast_weights", [(True, False), (False, True), (True, True)])
+def test_channels_last_and_cast_weights_agree_with_fp32(channels_last, cast_weights):
+    """The sweep's inference candidates (benchmarks/gpu_profile.py): channels_last_3d and bf16 weights give
+    the fp32 prediction to bf16 rounding, at a tiny size on the CPU."""
+    image = torch.randn(1, 16, 24, 16)
+    outputs = []
+    for settings in (InferenceSettings(patch_size=(16, 24, 16), mirror_axes=(), precision="fp32", progress=False),
+                     InferenceSettings(patch_size=(16, 24, 16), mirror_axes=(), precision="bf16", progress=False,
+                                       channels_last=channels_last, cast_weights=cast_weights)):
+        model = prepare_for_inference(tiny_model(), settings, CPU)
+        torch.manual_seed(1)
+        outputs.append(predict_volume(model, image, settings, CPU)[0])
+    dtypes = {p.dtype for p in model.parameters()}
+    assert dtypes == ({torch.bfloat16} if cast_weights else {torch.float32})
+    if channels_last:
+        assert model.boundary.encoder.stages[0][0].convs[0].conv.weight.is_contiguous(
+            memory_format=torch.channels_last_3d)
+    assert outputs[1].dtype == torch.float32
+    assert (outputs[1] - outputs[0]).abs().max() < 0.05
+    assert (outputs[1].argmax(0) == outputs[0].argmax(0)).float().mean() > 0.98
+
+
+def test_cast_weights_in_fp32_is_refused():
+    settings = InferenceSettings(patch_size=(16, 16, 16), precision="fp32", cast_weights=True)
+    with pytest.raises(ValueError, match="nothing to cast"):
+        prepare_for_inference(tiny_model(), settings, CPU)

@@ -204,6 +204,24 @@ def test_dice_counts_by_hand_and_the_epoch_line():
     assert "| pseudo Dice 0.5000 [0.500] | boundary Dice 0.2500 |" in line
 
 
+def test_channels_last_steps_like_the_contiguous_layout(tmp_path: Path):
+    """The training candidate channels_last_3d (light_training.fast_paths): same loss, weights kept NDHWC."""
+    label = torch.zeros(2, 16, 16, 16, dtype=torch.uint8)
+    label[:, 4:12, 5:11, 5:11] = 1
+    batch = {"image": torch.randn(2, 1, 16, 16, 16) + label[:, None], "label": label}
+    losses = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        settings = TrainSettings(batch_size=2, precision="fp32", channels_last=channels_last)
+        trainer = Trainer(DiffUNet(1, 2, preset="tiny"), settings, tmp_path / str(channels_last), {}, {},
+                          torch.device("cpu"))
+        torch.manual_seed(1)
+        losses.append(float(trainer.train_step(batch, 0)["loss"]))
+    weight = trainer.model.denoiser.stages[1].first.conv.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d) and not weight.is_contiguous()
+    assert abs(losses[1] - losses[0]) < 1e-4 * abs(losses[0]), losses
+
+
 def test_resume_fills_options_newer_than_the_checkpoint_and_refuses_another_network(tmp_path: Path):
     from light_training.checkpoint import save_checkpoint
     from diffunet import PlainUNet

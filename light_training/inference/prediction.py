@@ -24,10 +24,10 @@ from diffunet.pure import FUSIONS
 from diffunet.uncertainty import check_uncertainty, entropy_term, uncertainty_from_means
 from light_training.inference.postprocessing import Postprocessing, apply_postprocessing
 from light_training.io import Geometry, atomic_path, write_volume
-from light_training.runtime import autocast_context, seed_everything
+from light_training.runtime import autocast_context, resolve_precision, seed_everything
 from light_training.preprocessing.preprocess import restore_to_original
 
-__all__ = ["InferenceSettings", "predict_volume", "predict_ensemble", "save_prediction"]
+__all__ = ["InferenceSettings", "prepare_for_inference", "predict_volume", "predict_ensemble", "save_prediction"]
 
 
 @dataclass
@@ -40,6 +40,7 @@ class InferenceSettings:
     sw_batch_size: int = 1  # windows per network call (each times its mirrored copies)
     precision: str = "auto"
     channels_last: bool = False  # channels_last_3d: measured slower with bf16 on the CPU (bench_speed.py)
+    cast_weights: bool = False  # weights held in bf16/fp16 (prepare_for_inference), autocast casts inputs only
     batch_mirrors: bool | None = None  # mirrored copies in one network call; None: on CUDA yes, on the CPU
     #                                    no (one call per mirror measured 1.2-1.3x faster there, bench_speed.py)
     steps: int | None = None  # DDIM steps; None: the model's own
@@ -53,6 +54,24 @@ class InferenceSettings:
         check_uncertainty(self.uncertainty)
         if self.fusion is not None and self.fusion not in FUSIONS:
             raise ValueError(f"fusion must be None (the model's own) or one of {FUSIONS}, got {self.fusion!r}")
+
+
+def prepare_for_inference(model: torch.nn.Module, settings: InferenceSettings,
+                          device: torch.device) -> torch.nn.Module:
+    """Put ``model``'s weights (in place, once, before torch.compile) in the form ``settings`` ask for:
+    ``channels_last_3d`` with ``channels_last`` (otherwise every convolution converts its weight per call),
+    the low precision that ``settings.precision`` resolves to on ``device`` with ``cast_weights``. Autocast
+    still runs: it casts the inputs (the image, the noise, the time embedding's float32 input), and finds the
+    weights already cast. ``ValueError`` for ``cast_weights`` in fp32."""
+    if settings.cast_weights:
+        precision = resolve_precision(settings.precision, device)
+        if precision == "fp32":
+            raise ValueError(f"cast_weights=True with precision={settings.precision!r} (fp32 on {device}): "
+                             f"nothing to cast; use precision 'bf16' or 'fp16', or cast_weights=False")
+        model = model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+    if settings.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
 
 
 class _MirroredSampler:
@@ -95,20 +114,23 @@ class _MirroredSampler:
 
 
 def _volume_sums(model: torch.nn.Module, image: torch.Tensor, settings: InferenceSettings,
-                 device: torch.device) -> tuple[torch.Tensor, ...]:
+                 device: torch.device, roi_weight_map: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
     """One model over ``image`` ``(C, Z, Y, X)``: the inferer's blended outputs of :class:`_MirroredSampler`,
     each ``(1, ch, Z, Y, X)``, on the CPU when ``settings.buffers_on_cpu``, else on ``device``."""
     buffers = torch.device("cpu") if settings.buffers_on_cpu else device
     inferer = SlidingWindowInferer(roi_size=list(settings.patch_size), sw_batch_size=settings.sw_batch_size,
                                    overlap=settings.overlap, mode="gaussian", progress=settings.progress,
-                                   cache_roi_weight_map=True, device=buffers, sw_device=device)
+                                   cache_roi_weight_map=roi_weight_map is None, device=buffers, sw_device=device)
+    if roi_weight_map is not None:  # the cache MONAI would have computed, given
+        inferer.roi_weight_map = roi_weight_map
     outputs = inferer(image[None].to(buffers), _MirroredSampler(model, settings, device))
     return outputs if isinstance(outputs, tuple) else (outputs,)
 
 
 @torch.inference_mode()
 def predict_ensemble(members: Sequence[tuple[torch.nn.Module, InferenceSettings]], image: np.ndarray | torch.Tensor,
-                     device: torch.device, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     device: torch.device, seed: int | None = None, roi_weight_map: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Predict one preprocessed volume with one or several models (e.g. the folds of a cross-validation).
 
     Each model runs over the whole volume with its own settings (its patch size), the noise reset to
@@ -120,6 +142,8 @@ def predict_ensemble(members: Sequence[tuple[torch.nn.Module, InferenceSettings]
     Args:
         members: ``(model in eval mode on device, settings)`` per model, all with the same classes.
         image: ``(C, Z, Y, X)`` preprocessed image (any size; smaller than a window is padded).
+        roi_weight_map: the windows' Gaussian weights ``(1, 1, *patch)`` when already at hand; None: MONAI
+            computes them from values (light_training.memory passes shapes only).
     Returns:
         probabilities ``(K, Z, Y, X)`` float32 and the uncertainty map ``(Z, Y, X)`` float32 in [0, 1]
         (None when ``with_uncertainty`` is False), on ``device`` (on the CPU with ``buffers_on_cpu``).
@@ -132,7 +156,7 @@ def predict_ensemble(members: Sequence[tuple[torch.nn.Module, InferenceSettings]
     for model, settings in members:
         if seed is not None:
             seed_everything(seed)
-        outputs = _volume_sums(model, image, settings, device)
+        outputs = _volume_sums(model, image, settings, device, roi_weight_map)
         sums = list(outputs) if sums is None else [a.add_(b) for a, b in zip(sums, outputs)]
         del outputs
     means = [t[0] / len(members) for t in sums]  # (ch, Z, Y, X) each

@@ -26,7 +26,8 @@ __all__ = ["RECORD_SUFFIX", "OUTPUT_SETTINGS", "case_part", "resolve_part", "ran
 RECORD_SUFFIX = "_record.json"
 # the prediction constants that change what is written (not: device, threads, workers, paths, parts)
 OUTPUT_SETTINGS = ("overlap", "mirror_axes", "sw_batch_size", "precision", "steps", "fusion", "uncertainty", "seed",
-                   "nonfinite", "fold", "save_probabilities", "save_uncertainty", "save_preview", "postprocessing")
+                   "nonfinite", "fold", "save_probabilities", "save_uncertainty", "save_preview", "postprocessing",
+                   "cast_weights")
 
 
 def case_part(names: Sequence[str], num_parts: int, part_id: int) -> list[str]:

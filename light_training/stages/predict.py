@@ -31,7 +31,8 @@ from light_training.inference.cases import ExportJob, CaseInput, check_input, ex
 from light_training.inference.ensemble import load_models, load_predictor
 from light_training.inference.pipeline import (PipelineError, WorkerPools, check_all, default_workers,
                                                predict_with_fallback, run_pipeline)
-from light_training.inference.prediction import InferenceSettings
+from light_training.fast_paths import resolve_fast_paths
+from light_training.inference.prediction import InferenceSettings, prepare_for_inference
 from light_training.parallel import map_cases
 from light_training.preprocessing.planning import plans_path
 from light_training.preprocessing.raw_cases import RawCase, find_raw_cases
@@ -167,14 +168,18 @@ def _predict_part(c: dict[str, Any], script: str, device: torch.device, num_part
     print(f"{len(todo)} case(s) to predict with {len(paths)} model(s){part}"
           + (f", postprocessing {rules.rules()}" if rules else "")
           + (f"; {len(done)} already done, skipped (--overwrite=True redoes them)" if done else ""), flush=True)
-    if c["torch_compile"] and todo:
-        for model, _ in loaded:
-            compile_for_inference(model)
+    fast = resolve_fast_paths("predict", device.type, resolve_precision(c["precision"], device),
+                              c.get("channels_last"), c.get("cast_weights"), c.get("compile_mode"))
     members = [(model, InferenceSettings(
         patch_size=ckpt["config"]["patch_size"], overlap=c["overlap"], mirror_axes=c["mirror_axes"],
         sw_batch_size=c["sw_batch_size"], precision=c["precision"], steps=c["steps"], fusion=c["fusion"],
-        uncertainty=c["uncertainty"], with_uncertainty=c["save_uncertainty"] or c["save_preview"]))
+        uncertainty=c["uncertainty"], with_uncertainty=c["save_uncertainty"] or c["save_preview"],
+        channels_last=fast.channels_last, cast_weights=fast.cast_weights))
         for model, ckpt in loaded]
+    for model, settings in members:  # the weights' layout and dtype first: torch.compile freezes them
+        prepare_for_inference(model, settings, device)
+        if c["torch_compile"] and todo:
+            compile_for_inference(model, fast.compile_mode)
 
     def network(case: CaseInput) -> ExportJob:
         for note in case.notes:

@@ -7,6 +7,7 @@ from typing import Any
 from diffunet import set_memory_options
 from light_training.checkpoint import archive_previous_run, fold_logdir
 from light_training.datasets import load_dataset
+from light_training.fast_paths import resolve_fast_paths
 from light_training.io import read_json
 from light_training.preprocessing.network_plan import describe_network, planned_model_options
 from light_training.preprocessing.planning import plans_path
@@ -135,7 +136,10 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
         dist.barrier()
         settings = TrainSettings(max_epoch=c["max_epoch"], num_iterations_per_epoch=c["num_iterations_per_epoch"],
                                  batch_size=batch, val_every=c["val_every"], lr=c["lr"],
-                                 precision=c["precision"], seed=c["seed"], accumulate_steps=c["accumulate_steps"])
+                                 precision=c["precision"], seed=c["seed"], accumulate_steps=c["accumulate_steps"],
+                                 channels_last=resolve_fast_paths("train", device.type,
+                                                                  resolve_precision(c["precision"], device),
+                                                                  c.get("channels_last")).channels_last)
         trainer = Trainer(model, settings, c["logdir"], plans, c, device, dist)
         configure_backends(device, trainer.precision)  # cudnn.benchmark; TF32 only under bf16/fp16
         if c["resume"]:

@@ -52,6 +52,8 @@ class TrainSettings:
     accumulate_steps: int = 1  # batches per optimizer step (gradients averaged): effective batch
     #                            batch_size x accumulate_steps x GPUs
     precision: str = "auto"  # "auto", "fp32", "bf16", "fp16" (light_training.runtime); fp16 uses a grad scaler
+    channels_last: bool = False  # weights and training batches in channels_last_3d (light_training.fast_paths);
+    #                              validation's patches take the weights' layout at the first convolution
     seed: int = 0
 
 
@@ -106,7 +108,8 @@ class Trainer:
                              f"(batches per optimizer step)")
         self.settings, self.logdir, self.plans, self.config = settings, Path(logdir), plans, config
         self.device, self.dist = device, dist
-        self.model = model.to(device)
+        self.layout = torch.channels_last_3d if settings.channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=self.layout)
         self.net = self.model
         if dist.world_size > 1:
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -222,6 +225,7 @@ class Trainer:
         for i, part in enumerate(micro):
             self._check_label(part["label"])
             image, label = self._to_device(part["image"]), self._to_device(part["label"]).long()
+            image = image.contiguous(memory_format=self.layout)
             last = i == len(micro) - 1  # DDP all-reduces the gradients on the last micro-batch only
             sync = self.net.no_sync() if self.dist.world_size > 1 and not last else contextlib.nullcontext()
             with sync:
