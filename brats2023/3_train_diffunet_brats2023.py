@@ -47,5 +47,6 @@ accumulate_steps = 1  # batches per optimizer step (gradients averaged): effecti
 mc_chunk = None  # MC-Diff passes run at once (None: all K in one batch; 1: one at a time, less memory, same loss)
 checkpointing = False  # activation checkpointing of the U-Net stages: less memory, about a third more compute
 torch_compile = None  # compile the training step: None = on a GPU (once per patch size), off on the CPU (no faster there)
+compile_regional = True  # with torch_compile: each U-Net stage compiled on its own (a fraction of the compile time); False: whole networks
 
 run(train, globals())
