@@ -50,7 +50,7 @@ lr = None  # preset: initial SGD learning rate
 val_every = 2  # validate (pseudo Dice, best.pt) every this many epochs (a few seconds each)
 batch_size = 2
 num_workers = None  # preset: augmentation worker processes; 0: in the training process
-num_processes = None  # preset: preprocessing processes
+num_processes = None  # preset: processes generating and preprocessing the cases
 num_val_patches = 8  # validation patches for the pseudo Dice (picks best.pt: fewer make a noisy choice)
 oversample_foreground = 0.66  # share of training patches centred on foreground (the scripts' 0.33): airways sooner
 precision = "auto"  # training and prediction: bf16 autocast where the CPU has bf16 units (2x faster), else fp32
@@ -162,7 +162,7 @@ def demo(c: dict[str, Any], script: str) -> None:
         metrics_dir = Path(c["resultdir"]) / dataset / "result_metrics"
         print(f"\n=== {dataset}: {c['num_cases']} synthetic cases in {raw_dir} ===", flush=True)
         getattr(generate, chain["generator"])(raw_root, num_cases=c["num_cases"], seed=c["seed"],
-                                              shape=c[chain["shape"]])
+                                              shape=c[chain["shape"]], processes=c["num_processes"])
         scripts = list(chain["scripts"])
         if len(scripts) == 5:
             _script(scripts.pop(0), data_dir=raw_dir)

@@ -1,7 +1,7 @@
 """Every command the documentation shows names a script that exists and constants that script has.
 
 A user copies these lines; an override the script does not know stops it at once ("unknown constant").
-Read from the README, the Makefile and the docstrings of the numbered scripts, the demo and the benchmarks.
+Read from the README, docs/*.md, the Makefile and the docstrings of the numbered scripts, the demo and the benchmarks.
 """
 import ast
 import re
@@ -19,11 +19,11 @@ _OVERRIDE = re.compile(r"--(\w+)")
 def _documents() -> list[Path]:
     scripts = [*ROOT.glob("[0-9]_*.py"), *ROOT.glob("brats2023/[0-9]_*.py"), *ROOT.glob("your_dataset/[0-9]_*.py"),
                ROOT / "demo.py", *ROOT.glob("benchmarks/*.py")]
-    return [ROOT / "README.md", ROOT / "Makefile", *sorted(scripts)]
+    return [ROOT / "README.md", *sorted(ROOT.glob("docs/*.md")), ROOT / "Makefile", *sorted(scripts)]
 
 
 def _text(path: Path) -> str:
-    """The README and Makefile whole; of a Python file, its docstring (the examples users copy)."""
+    """The README, docs and Makefile whole; of a Python file, its docstring (the examples users copy)."""
     if path.suffix != ".py":
         return path.read_text()
     return ast.get_docstring(ast.parse(path.read_text())) or ""
