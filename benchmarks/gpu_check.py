@@ -15,7 +15,7 @@ s/step after, graphs compiled at the first and the second validation (the second
 Examples:
     python benchmarks/gpu_check.py --json=./logs/gpu_check.json            # on a GPU
     python benchmarks/gpu_check.py --device=cuda:1
-    python benchmarks/gpu_check.py --device=cpu --torch_compile=False      # small sizes, about a minute
+    python benchmarks/gpu_check.py --device=cpu --torch_compile=False --train_compile=False   # small sizes, about a minute
 """
 import sys
 import tempfile
