@@ -12,7 +12,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -234,18 +234,19 @@ def inductor_cache_dir() -> str:
 
 
 @contextlib.contextmanager
-def announce_compile(what: str, enabled: bool = True) -> Iterator[None]:
-    """Around the first call of a compiled model: print ``compiling <what> ...`` before and ``<what>
+def announce_compile(what: str, enabled: bool = True, write: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Around the first call of a compiled model: write ``compiling <what> ...`` before and ``<what>
     compiled in N s (G graphs)`` after, so that a minute of compiling is never silent. Does nothing when
-    ``enabled`` is False (an eager model, or not rank 0)."""
+    ``enabled`` is False (an eager model, or not rank 0). ``write``: how a line is shown (default: printed
+    and flushed; the trainer passes one that keeps its progress bar intact)."""
     if not enabled:
         yield
         return
-    print(f"compiling {what} ...", flush=True)
+    write = write or (lambda line: print(line, flush=True))
+    write(f"compiling {what} ...")
     graphs, start = compiled_graphs(), time.perf_counter()
     yield
-    print(f"{what} compiled in {time.perf_counter() - start:.1f} s ({compiled_graphs() - graphs} graphs)",
-          flush=True)
+    write(f"{what} compiled in {time.perf_counter() - start:.1f} s ({compiled_graphs() - graphs} graphs)")
 
 
 def seed_everything(seed: int | Sequence[int]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -89,6 +90,12 @@ def describe_patch(shape: Sequence[int]) -> str:
     """``128^3`` for a cube, ``96x160x160`` otherwise (a patch's (z, y, x))."""
     shape = [int(n) for n in shape]
     return f"{shape[0]}^3" if len(shape) == 3 and len(set(shape)) == 1 else "x".join(map(str, shape))
+
+
+def _write_line(line: str) -> None:
+    """A line on stdout, above the progress bar (which tqdm redraws), flushed: it shows in a log file at once."""
+    tqdm.write(line)
+    sys.stdout.flush()
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -207,7 +214,7 @@ class Trainer:
         compiled model (rank 0); nothing otherwise."""
         first = self.compiled and self.dist.is_main and kind not in self._announced
         self._announced.add(kind)
-        return announce_compile(what, first)
+        return announce_compile(what, first, _write_line)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.device, self.precision)
