@@ -9,10 +9,13 @@ over a 600 x 512 x 512 volume. With --device=cpu the same checks run at small si
 from the CPU allocator's events in torch.profiler), which tests/test_gpu_check.py runs so this script
 cannot rot. Paste the table into docs/on_a_gpu.md.
 
+Also the training scripts' default on a GPU, the compiled step: seconds to the first step (compiling),
+s/step after, graphs compiled at the first and the second validation (the second should compile none).
+
 Examples:
     python benchmarks/gpu_check.py --json=./logs/gpu_check.json            # on a GPU
     python benchmarks/gpu_check.py --device=cuda:1
-    python benchmarks/gpu_check.py --device=cpu --torch_compile=False      # small sizes, about a minute
+    python benchmarks/gpu_check.py --device=cpu --torch_compile=False --train_compile=False   # small sizes, about a minute
 """
 import sys
 import tempfile
@@ -29,8 +32,10 @@ from light_training.inference.prediction import InferenceSettings, predict_volum
 from light_training.io import write_json  # noqa: E402
 from light_training.memory import (GIB, estimate_train_step, estimate_volume,  # noqa: E402
                                    measure_cpu_peak)
-from light_training.runtime import (compile_for_inference, configure_backends, resolve_device,  # noqa: E402
-                                    resolve_precision)
+from light_training.preprocessing.preprocess import save_case  # noqa: E402
+from light_training.runtime import (compile_for_inference, compile_for_training, compiled_graphs,  # noqa: E402
+                                    configure_backends, resolve_device, resolve_precision)
+from light_training.training.dataloading import ValidationPatches  # noqa: E402
 from light_training.training.trainer import Trainer, TrainSettings  # noqa: E402
 
 device = "cuda:0"  # the GPU to check; "cpu": the same checks at small sizes
@@ -41,6 +46,8 @@ steps = 3  # timed training steps per setting (after one warm-up step)
 sampling_volume = None  # volume sampled with the paper preset; None: [256, 256, 256] on a GPU, [48, 48, 48] on the CPU
 large_volume = None  # volume the tiny model predicts; None: [600, 512, 512] on a GPU, [40, 64, 64] on the CPU
 torch_compile = True  # compile the sampling networks (about a minute once)
+train_compile = True  # also time the training scripts' default on a GPU: the compiled step (compile_for_training)
+train_compile_regional = True  # that step compiled per U-Net stage (the default); False: whole networks
 json = None  # also write every row to this JSON file
 config = apply_overrides(globals())
 
@@ -82,6 +89,15 @@ def peak_of(fn, live_before: int = 0) -> tuple[object, float, float]:
     start = time.perf_counter()
     peak = measure_cpu_peak(lambda: box.append(fn()), live_before)
     return box[0], time.perf_counter() - start, peak / GIB
+
+
+def timed(fn) -> tuple[object, float]:
+    """``fn()``'s result and its seconds (no memory measured: the CPU's profiler would slow a compile down)."""
+    sync()
+    start = time.perf_counter()
+    out = fn()
+    sync()
+    return out, time.perf_counter() - start
 
 
 def held_bytes(*tensors) -> int:
@@ -137,6 +153,41 @@ for step_precision, benchmark in runs:
         estimate)
     del trainer, model
 configure_backends(dev, resolved)
+
+
+# --------------------------------------------------------------------------- the compiled training path
+def compiled_training(regional: bool) -> None:
+    """The training scripts' default on a GPU, as the trainer runs it: :func:`compile_for_training`, then
+    the seconds to the first step (it compiles forward and backward), s/step after, and the graphs that
+    the first validation compiles (sampling, once) and a second one (0: no recompiles). Validation samples
+    three patches at batch ``batch_size``, so its last batch is short (the trainer pads it)."""
+    torch.manual_seed(0)
+    model = compile_for_training(build_network("diffunet", 1, 2, preset=preset), regional)
+    kind = "regional" if regional else "whole networks"
+    with tempfile.TemporaryDirectory() as folder:
+        labels = label[0].numpy()
+        save_case(folder, "case", batch["image"][0].numpy(), labels,
+                  {"class_locations": {"1": np.argwhere(labels == 1)[::97].tolist()}})
+        validation = ValidationPatches(folder, ["case"], patch, num_patches=2 * batch_size - 1)
+        trainer = Trainer(model, TrainSettings(batch_size=batch_size, precision=resolved), folder,
+                          {}, {}, dev)
+        graphs = compiled_graphs()
+        _, first = timed(lambda: trainer.train_step(batch, 0))
+        add("compiled step", f"{preset} {batch_size}x{'x'.join(map(str, patch))} {resolved} {kind}, 1st",
+            f"ok, {compiled_graphs() - graphs} graphs", first)
+        graphs = compiled_graphs()
+        _, seconds = timed(lambda: [trainer.train_step(batch, 0) for _ in range(steps)])
+        add("compiled step", "s/step after the first", f"ok, {compiled_graphs() - graphs} recompiles",
+            seconds / steps)
+        for which in ("first", "second"):
+            graphs = compiled_graphs()
+            _, seconds = timed(lambda: trainer.validate(validation))
+            add("compiled val", f"{which} validation, {len(validation)} patches at batch {batch_size}",
+                f"ok, {compiled_graphs() - graphs} graphs", seconds)
+
+
+if train_compile:
+    compiled_training(train_compile_regional)
 
 # --------------------------------------------------------------------------- sampling a volume, compiled
 window = [min(p, v) for p, v in zip(patch, volume)]

@@ -1,5 +1,5 @@
-"""benchmarks/gpu_check.py --device=cpu: the GPU check's every row runs (at small sizes), so the script
-cannot rot before a GPU is at hand."""
+"""benchmarks/gpu_check.py --device=cpu: the GPU check's every row runs (at small sizes; the compiled training
+path compiles the tiny model), so the script cannot rot before a GPU is at hand."""
 import json
 import subprocess
 import sys
@@ -28,3 +28,10 @@ def test_gpu_check_runs_on_the_cpu(repo_root, tmp_path):
     step = measured[0]
     assert step["check"] == "train step" and abs(step["estimate_gib"] / step["peak_gib"] - 1) < 0.15, step
     assert "fp16, GradScaler" in result.stdout  # the fp16 step runs with the scaler
+    # the compiled training path (regional): compiled by its first step, no recompiles after it, and
+    # validation compiles once (its short last batch padded), not again at the second validation
+    first_step, after, first_val, second_val = [row for row in report["rows"]
+                                                if row["check"] in ("compiled step", "compiled val")]
+    assert "regional, 1st" in first_step["setting"] and int(first_step["result"].split()[1]) > 0
+    assert after["result"] == "ok, 0 recompiles" and after["seconds"] > 0
+    assert int(first_val["result"].split()[1]) > 0 and second_val["result"] == "ok, 0 graphs"

@@ -1,10 +1,13 @@
 """Hardware rules as pure functions, every branch a GPU would take: precision by compute capability, device
-requests that cannot be met, cuDNN/TF32 settings."""
+requests that cannot be met, cuDNN/TF32 settings, what the training compile compiles."""
 import pytest
 import torch
 
-from light_training.runtime import (PRECISIONS, backend_settings, configure_backends, cuda_fp32_math, cuda_precision,
-                                    device_problem, fp32_math, resolve_device, resolve_precision)
+from diffunet import build_network
+from light_training.runtime import (PRECISIONS, announce_compile, backend_settings, compile_for_training,
+                                    configure_backends, cuda_fp32_math, cuda_precision, device_problem, fp32_math,
+                                    is_compiled, recompile_limit, resolve_device, resolve_precision,
+                                    training_compile_targets)
 
 # (capability, examples): below 8.0 cuDNN has no bf16 convolutions
 OLD = [(6, 1), (7, 0), (7, 5)]  # P40/GTX 10xx, V100, T4/RTX 20xx/Quadro RTX 6000
@@ -118,3 +121,32 @@ def test_fp32_math_names_what_runs():
     assert fp32_math("tf32", "tf32") == "tf32"
     assert fp32_math("tf32", "none") == "tf32 convolutions, ieee matmuls"
     assert fp32_math("ieee", "tf32") == "ieee convolutions, tf32 matmuls"
+
+
+def test_training_compile_targets_regional_and_whole():
+    model = build_network("diffunet", 1, 2, preset="tiny")
+    stages = training_compile_targets(model, regional=True)
+    # every encoder stage and decoder block of both U-Nets (4 stages, 3 decoder blocks each in "tiny")
+    assert len(stages) == 14 and all(any(s is m for m in model.modules()) for s in stages)
+    assert training_compile_targets(model, regional=False) == [model.boundary, model.denoiser]
+    plain = build_network("unet", 1, 2, preset="tiny")
+    assert training_compile_targets(plain, regional=False) == [plain.unet]
+    assert len(training_compile_targets(plain, regional=True)) == 7
+    # the limit makes room for every block's graphs, and never lowers a limit set higher
+    assert recompile_limit(14, 8) == 56 and recompile_limit(1, 8) == 8 and recompile_limit(22, 200) == 200
+
+
+def test_compile_for_training_keeps_the_state_dict_and_announces(capsys):
+    model = build_network("diffunet", 1, 2, preset="tiny")
+    keys = list(model.state_dict())
+    assert not is_compiled(model)
+    compile_for_training(model)  # lazy: nothing is compiled before the first call
+    assert is_compiled(model) and list(model.state_dict()) == keys
+    with announce_compile("the training step for patch 16^3"):
+        pass
+    with announce_compile("nothing", enabled=False):
+        pass
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "compiling the training step for patch 16^3 ..."
+    assert out[1].startswith("the training step for patch 16^3 compiled in ") and out[1].endswith(" graphs)")
+    assert len(out) == 2

@@ -176,9 +176,11 @@ def test_deterministic_per_case_and_seed(tmp_path):
     def arrays(folder):
         return {p.relative_to(folder).as_posix(): read_volume(p) for p in sorted(folder.rglob("*.nii.gz"))}
     runs = {}
-    for name, seed, num_cases in [("a", 0, 2), ("b", 0, 2), ("c", 1, 2), ("d", 0, 1)]:
-        generate_aiib2023(tmp_path / name, num_cases=num_cases, seed=seed, shape=(20, 24, 22))
-        generate_brats2023(tmp_path / name, num_cases=num_cases, seed=seed, shape=(18, 22, 20))
+    for name, seed, num_cases, processes in [("a", 0, 2, 1), ("b", 0, 2, 2), ("c", 1, 2, 1), ("d", 0, 1, 1)]:
+        # "b": the same cases generated in two processes
+        assert generate_aiib2023(tmp_path / name, num_cases=num_cases, seed=seed, shape=(20, 24, 22),
+                                 processes=processes) == [f"AIIB23_{i + 1}" for i in range(num_cases)]
+        generate_brats2023(tmp_path / name, num_cases=num_cases, seed=seed, shape=(18, 22, 20), processes=processes)
         runs[name] = arrays(tmp_path / name)
     a, b, c, d = runs["a"], runs["b"], runs["c"], runs["d"]
     assert len(a) == 2 * 2 + 2 * 5 and a.keys() == b.keys() == c.keys()

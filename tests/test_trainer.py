@@ -1,9 +1,10 @@
 """The trainer: a 2-epoch run of the script, exact resume after a kill, NaN steps, a falling loss, the Dice
-counts and the epoch line."""
+counts and the epoch line, the share of the steps' time spent waiting for data."""
 import itertools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,8 @@ from light_training.preprocessing.preprocess import list_cases, preprocess_datas
 from light_training.preprocessing.planning import plans_path, prepare_plans
 from light_training.synthetic.generate import generate_aiib2023
 from light_training.training.monitor import summary_line
-from light_training.training.trainer import Trainer, TrainingStopped, TrainSettings, dice_counts, dice_from_counts
+from light_training.training.trainer import (Trainer, TrainingStopped, TrainSettings, describe_patch, dice_counts,
+                                            dice_from_counts, pad_batch)
 
 PATCH = [16, 16, 16]
 
@@ -239,3 +241,30 @@ def test_resume_fills_options_newer_than_the_checkpoint_and_refuses_another_netw
     mba_off = Trainer(DiffUNet(1, 2, preset="tiny", mba=False), settings, tmp_path, {}, {}, torch.device("cpu"))
     with pytest.raises(TrainingStopped, match="'mba': \\(True, False\\)"):
         mba_off.resume()
+
+
+def test_the_epoch_logs_how_long_the_steps_waited_for_data(data_dir: Path, tmp_path: Path):
+    batch = fixed_batch(data_dir)
+
+    def slow_loader():  # a loader that takes 0.3 s per batch: most of a tiny step's time is waiting
+        while True:
+            time.sleep(0.3)
+            yield batch
+    trainer = make_trainer(data_dir, tmp_path / "logs", max_epoch=1)
+    waiting = trainer.train_epoch(slow_loader(), 0)
+    ready = trainer.train_epoch(itertools.repeat(batch), 0)
+    assert 0.3 < waiting["time/data_wait_share"] <= 1 and waiting["time/data_s"] >= 0.6
+    assert 0 <= ready["time/data_wait_share"] < 0.1
+    line = summary_line(0, 1, {**waiting, "time/epoch_s": 1.0, "time/patches_per_s": 4.0})
+    assert line.endswith(f"1.0 s, 4.0 patches/s, {100 * waiting['time/data_wait_share']:.0f} % waiting for data")
+    trainer.fit(slow_loader(), ValidationPatches(data_dir, ["AIIB23_5"], PATCH, num_patches=1, seed=0))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "logs")).Reload()
+    assert events.Scalars("time/data_wait_share")[0].value > 0.3
+
+
+def test_validation_pads_a_short_batch_and_patches_are_named():
+    items = np.arange(6).reshape(3, 2)
+    assert pad_batch(items, 5).tolist() == [[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]]
+    assert pad_batch(items, 3) is items and pad_batch(items, 2) is items
+    assert describe_patch([128, 128, 128]) == "128^3" and describe_patch((96, 160, 160)) == "96x160x160"

@@ -22,5 +22,6 @@ num_cases = 12  # number of cases
 out = "./data/raw_data"  # output folder; the dataset's own folder is made inside it
 seed = 0  # same seed, byte-identical arrays
 shape = None  # (z,y,x) of every case; None: (96, 112, 112) (AIIB, varied per case) or (64, 80, 72) (BraTS)
+processes = 1  # AIIB and BraTS cases generated in parallel (the same files); a full-size case takes about 20 s
 
 run(generate_dataset, globals())

@@ -35,7 +35,7 @@ mba = True  # multi-granularity boundary aggregation (ablation: False)
 mc_diff = True  # Monte-Carlo uncertainty weighting of the segmentation loss (ablation: False)
 boundary_target = "boundary"  # what the boundary branch learns: "boundary" (paper) or "segmentation" (release)
 num_iterations_per_epoch = 250  # training steps per epoch
-num_workers = 8  # loading + augmentation processes (per GPU); 0: in this process
+num_workers = 12  # loading + augmentation processes per GPU (one: about a patch/s at 128^3); 0: in this process
 fold = 0  # cross-validation fold 0-4 (splits.json next to plans.json); its validation cases are held out
 test_cases = []  # cases kept out of every fold (the original's fixed test list); [] for none
 resume = False  # True: continue <logdir>/model/latest.pt (epoch, LR schedule, optimizer, best Dice)
@@ -49,5 +49,6 @@ accumulate_steps = 1  # batches per optimizer step (gradients averaged): effecti
 mc_chunk = None  # MC-Diff passes run at once (None: all K in one batch; 1: one at a time, less memory, same loss)
 checkpointing = False  # activation checkpointing of the U-Net stages: less memory, about a third more compute
 torch_compile = None  # compile the training step: None = on a GPU (once per patch size), off on the CPU (no faster there)
+compile_regional = True  # with torch_compile: each U-Net stage compiled on its own (a fraction of the compile time); False: whole networks
 
 run(train, globals())

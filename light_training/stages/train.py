@@ -11,9 +11,9 @@ from light_training.fast_paths import resolve_fast_paths
 from light_training.io import read_json
 from light_training.preprocessing.network_plan import describe_network, planned_model_options
 from light_training.preprocessing.planning import plans_path
-from light_training.runtime import (cleanup_distributed, compile_for_training, configure_backends, resolve_device,
-                                    resolve_precision, resolve_training_compile, seed_everything, set_cpu_threads,
-                                    setup_distributed)
+from light_training.runtime import (cleanup_distributed, compile_for_training, configure_backends, inductor_cache_dir,
+                                    resolve_device, resolve_precision, resolve_training_compile, seed_everything,
+                                    set_cpu_threads, setup_distributed, training_compile_targets)
 from light_training.stages import StageFailed, write_config
 from light_training.training.augmentation import make_training_stream
 from light_training.training.dataloading import ValidationPatches
@@ -124,7 +124,11 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
         _check_memory(c, plans, model, patch, batch, device, dist.is_main)
         c = {**c, "patch_size": patch, "batch_size": batch}  # resolved: the checkpoint's config tells prediction
         if resolve_training_compile(c["torch_compile"], device):
-            compile_for_training(model)
+            compile_for_training(model, c["compile_regional"])
+            if dist.is_main:
+                print(f"torch.compile: {len(training_compile_targets(model, c['compile_regional']))} "
+                      f"{'U-Net stages (regional)' if c['compile_regional'] else 'whole networks'}, static shapes; "
+                      f"the first step and the first validation compile (cache: {inductor_cache_dir()})", flush=True)
         if not dist.is_main:
             dist.barrier()  # rank 0 writes splits.json first
         train_cases, val_cases = fold_cases(c["data_dir"], c["fold"], c["test_cases"] or None)

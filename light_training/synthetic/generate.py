@@ -8,9 +8,11 @@ arrays, and a case does not depend on how many cases are generated.
 """
 from __future__ import annotations
 
+import functools
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -98,8 +100,28 @@ def write_case(root: Path, description: DatasetDescription, case: str, images: S
         write_volume(label, geometry, root / layout_path(layout["labels"][0], case, None, description))
 
 
+def _each_case(write: Callable[[int], str], num_cases: int, processes: int) -> list[str]:
+    """``write(index)`` for index 0..num_cases-1, in ``processes`` worker processes (1: here); the case ids in order.
+    Every case draws from its own generator, so the result does not depend on ``processes``."""
+    if processes <= 1 or num_cases <= 1:
+        return [write(index) for index in range(num_cases)]
+    with ProcessPoolExecutor(min(processes, num_cases)) as pool:
+        return list(pool.map(write, range(num_cases)))
+
+
+def _write_aiib_case(root: Path, seed: int, shape: tuple[int, int, int] | None, verbose: bool, index: int) -> str:
+    start = time.time()
+    case = f"AIIB23_{index + 1}"
+    image, label, geometry = _aiib_case(seed, index, shape)
+    write_case(root, load_dataset("aiib2023"), case, [image], label, geometry)
+    if verbose:
+        print(f"{case}: shape {geometry.shape}, spacing {geometry.spacing}, "
+              f"{int(label.sum())} airway voxels, {time.time() - start:.1f} s", flush=True)
+    return case
+
+
 def generate_aiib2023(out_dir: str | Path, num_cases: int = 12, seed: int = 0,
-                      shape: Sequence[int] | None = None, verbose: bool = False) -> list[str]:
+                      shape: Sequence[int] | None = None, verbose: bool = False, processes: int = 1) -> list[str]:
     """Write synthetic chest CTs as ``out_dir/AIIB23_Train_T1/{img,gt}/AIIB23_<n>.nii.gz``, n = 1..num_cases.
 
     Images are int16 HU ``(Z, Y, X)``: body, lungs near -850 HU, vessels, and an airway tree of at least
@@ -107,26 +129,35 @@ def generate_aiib2023(out_dir: str | Path, num_cases: int = 12, seed: int = 0,
     1 = airway lumen. Spacing about (0.5, 0.7, 0.7) mm (z, y, x), a non-zero origin, and every third
     case (index 1, 4, ...) stored with a non-identity direction. ``shape`` (z, y, x) is used for every
     case; None: about :data:`DEFAULT_SHAPE_AIIB`, varied per case. Existing files are overwritten.
-    Returns the case ids ``["AIIB23_1", ...]``.
+    ``processes``: cases generated in parallel (the same files). Returns the case ids ``["AIIB23_1", ...]``.
     """
     shape = _check_arguments(num_cases, seed, shape)
-    root = Path(out_dir) / AIIB_FOLDER
-    description = load_dataset("aiib2023")
-    cases = []
-    for index in range(int(num_cases)):
-        start = time.time()
-        case = f"AIIB23_{index + 1}"
-        image, label, geometry = _aiib_case(int(seed), index, shape)
-        write_case(root, description, case, [image], label, geometry)
-        cases.append(case)
-        if verbose:
-            print(f"{case}: shape {geometry.shape}, spacing {geometry.spacing}, "
-                  f"{int(label.sum())} airway voxels, {time.time() - start:.1f} s", flush=True)
-    return cases
+    write = functools.partial(_write_aiib_case, Path(out_dir) / AIIB_FOLDER, int(seed), shape, verbose)
+    return _each_case(write, int(num_cases), processes)
+
+
+def _write_brats_case(root: Path, seed: int, shape: tuple[int, int, int], verbose: bool, index: int) -> str:
+    start = time.time()
+    # like the real files as SimpleITK reads them: 1 mm, identity direction, origin (0, -239, 0) for 240 rows
+    geometry = Geometry((1.0, 1.0, 1.0), (0.0, -(shape[1] - 1.0), 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), shape)
+    description = load_dataset("brats2023")
+    case = f"BraTS-GLI-{index:05d}-000"
+    images, label, lesions = synthesize_mri(case_rng(seed, "brats2023", index), shape, index)
+    for pattern in description.raw_layout["images"][1:]:
+        for c in range(len(SEQUENCES)):
+            (root / layout_path(pattern, case, c, description)).unlink(missing_ok=True)
+    for pattern in description.raw_layout["labels"][1:]:
+        (root / layout_path(pattern, case, 0, description)).unlink(missing_ok=True)
+    write_case(root, description, case, [images[s] for s in description.channel_names], label, geometry)
+    if verbose:
+        counts = ", ".join(f"{name} {int((label == value).sum())}"
+                           for value, name in ((1, "NCR"), (2, "ED"), (3, "ET")))
+        print(f"{case}: {len(lesions)} lesion(s), voxels {counts}, {time.time() - start:.1f} s", flush=True)
+    return case
 
 
 def generate_brats2023(out_dir: str | Path, num_cases: int = 12, seed: int = 0,
-                       shape: Sequence[int] | None = None, verbose: bool = False) -> list[str]:
+                       shape: Sequence[int] | None = None, verbose: bool = False, processes: int = 1) -> list[str]:
     """Write synthetic glioma MRIs as ``<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz`` in
     ``out_dir/ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData``.
 
@@ -136,30 +167,11 @@ def generate_brats2023(out_dir: str | Path, num_cases: int = 12, seed: int = 0,
     fourth (index 3, 7, ...) a non-enhancing tumour (no label 3). ``shape`` (z, y, x) defaults to
     :data:`DEFAULT_SHAPE_BRATS`. Files of the renamed layout (``t1n.nii.gz``...) left in a case folder
     by an earlier run of ``brats2023/1_rename_mri_data_brats2023.py`` are removed, so the folder
-    holds this case only. Returns the case ids.
+    holds this case only. ``processes``: cases generated in parallel (the same files). Returns the case ids.
     """
     shape = _check_arguments(num_cases, seed, shape) or DEFAULT_SHAPE_BRATS
-    root = Path(out_dir) / BRATS_FOLDER
-    # like the real files as SimpleITK reads them: 1 mm, identity direction, origin (0, -239, 0) for 240 rows
-    geometry = Geometry((1.0, 1.0, 1.0), (0.0, -(shape[1] - 1.0), 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0), shape)
-    description = load_dataset("brats2023")
-    cases = []
-    for index in range(int(num_cases)):
-        start = time.time()
-        case = f"BraTS-GLI-{index:05d}-000"
-        images, label, lesions = synthesize_mri(case_rng(int(seed), "brats2023", index), shape, index)
-        for pattern in description.raw_layout["images"][1:]:
-            for c in range(len(SEQUENCES)):
-                (root / layout_path(pattern, case, c, description)).unlink(missing_ok=True)
-        for pattern in description.raw_layout["labels"][1:]:
-            (root / layout_path(pattern, case, 0, description)).unlink(missing_ok=True)
-        write_case(root, description, case, [images[s] for s in description.channel_names], label, geometry)
-        cases.append(case)
-        if verbose:
-            counts = ", ".join(f"{name} {int((label == value).sum())}"
-                               for value, name in ((1, "NCR"), (2, "ED"), (3, "ET")))
-            print(f"{case}: {len(lesions)} lesion(s), voxels {counts}, {time.time() - start:.1f} s", flush=True)
-    return cases
+    write = functools.partial(_write_brats_case, Path(out_dir) / BRATS_FOLDER, int(seed), tuple(shape), verbose)
+    return _each_case(write, int(num_cases), processes)
 
 
 EXAMPLE_FOLDER = "Dataset001_Example"
@@ -209,13 +221,15 @@ _FOLDERS = {"aiib2023": AIIB_FOLDER, "brats2023": BRATS_FOLDER, "example": EXAMP
 
 def generate_dataset(config: dict[str, Any], script: str) -> list[str]:
     """The entry of ``tools/generate_synthetic.py``: ``num_cases`` cases of ``dataset`` ("aiib2023",
-    "brats2023" or "example") under ``out`` with ``seed`` and ``shape``; returns the case ids written.
+    "brats2023" or "example") under ``out`` with ``seed`` and ``shape`` (AIIB and BraTS cases in ``processes``
+    processes, the same files); returns the case ids written.
     Raises ``ValueError`` naming a bad constant."""
     c = config
     if c["dataset"] not in _GENERATORS:
         raise ValueError(f"--dataset={c['dataset']}: choose from {list(_GENERATORS)}")
     start = time.time()
-    cases = _GENERATORS[c["dataset"]](c["out"], c["num_cases"], c["seed"], c["shape"], verbose=True)
+    parallel = {"processes": c["processes"]} if c["dataset"] in ("aiib2023", "brats2023") else {}
+    cases = _GENERATORS[c["dataset"]](c["out"], c["num_cases"], c["seed"], c["shape"], verbose=True, **parallel)
     folder = Path(c["out"]) / _FOLDERS[c["dataset"]]
     print(f"wrote {len(cases)} {c['dataset']} cases to {folder} in {time.time() - start:.1f} s")
     return cases

@@ -40,7 +40,8 @@ def middle_slices(image: np.ndarray, label: np.ndarray, prediction: np.ndarray,
 
 def summary_line(epoch: int, max_epoch: int, scalars: dict[str, float]) -> str:
     """``epoch 3/1000 | loss 0.812 (ce 0.501 ...) | pseudo Dice 0.71 [0.71] | boundary Dice 0.42 | lr 9.97e-03 |
-    41.2 s, 12.1 patches/s`` (the boundary Dice only for a network with a boundary branch)."""
+    41.2 s, 12.1 patches/s, 3 % waiting for data`` (the boundary Dice only for a network with a boundary
+    branch; the wait: the share of the training steps' time spent waiting for the next batch)."""
     terms = [k.split("/", 1)[1] for k in scalars if k.startswith("train/") and k != "train/loss"]
     parts = [f"epoch {epoch + 1}/{max_epoch}"]
     if "train/loss" in scalars:
@@ -52,8 +53,11 @@ def summary_line(epoch: int, max_epoch: int, scalars: dict[str, float]) -> str:
     if "val/boundary_dice" in scalars:  # a collapsed boundary branch shows as 0 here
         parts.append(f"boundary Dice {scalars['val/boundary_dice']:.4f}")
     parts.append(f"lr {scalars.get('lr', float('nan')):.3e}")
-    parts.append(f"{scalars.get('time/epoch_s', float('nan')):.1f} s, "
-                 f"{scalars.get('time/patches_per_s', float('nan')):.1f} patches/s")
+    timing = (f"{scalars.get('time/epoch_s', float('nan')):.1f} s, "
+              f"{scalars.get('time/patches_per_s', float('nan')):.1f} patches/s")
+    if "time/data_wait_share" in scalars:  # the loader's part: near 0 % when it keeps up with the steps
+        timing += f", {100 * scalars['time/data_wait_share']:.0f} % waiting for data"
+    parts.append(timing)
     return " | ".join(parts)
 
 

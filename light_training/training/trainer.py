@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -27,12 +28,14 @@ from tqdm import tqdm
 from diffunet.networks import network_from_config
 from diffunet.uncertainty import uncertainty_map
 from light_training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from light_training.runtime import DistInfo, autocast_context, resolve_precision, seed_everything
+from light_training.runtime import (DistInfo, announce_compile, autocast_context, is_compiled, resolve_precision,
+                                    seed_everything)
 from light_training.training.dataloading import ValidationPatches
 from light_training.training.loss import training_loss
 from light_training.training.monitor import TrainingMonitor, middle_slices, summary_line
 
-__all__ = ["TrainSettings", "TrainingStopped", "Trainer", "dice_counts", "dice_from_counts"]
+__all__ = ["TrainSettings", "TrainingStopped", "Trainer", "dice_counts", "dice_from_counts", "pad_batch",
+           "describe_patch"]
 
 
 @dataclass
@@ -75,6 +78,26 @@ def dice_from_counts(counts: torch.Tensor | np.ndarray) -> np.ndarray:
     tp, fp, fn = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return 2 * tp / (2 * tp + fp + fn)
+
+
+def pad_batch(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` (N, ...) with its last item repeated up to ``size`` items (N <= size): a compiled model
+    then sees one batch size, not one graph more for a short last batch."""
+    if len(array) >= size:
+        return array
+    return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)])
+
+
+def describe_patch(shape: Sequence[int]) -> str:
+    """``128^3`` for a cube, ``96x160x160`` otherwise (a patch's (z, y, x))."""
+    shape = [int(n) for n in shape]
+    return f"{shape[0]}^3" if len(shape) == 3 and len(set(shape)) == 1 else "x".join(map(str, shape))
+
+
+def _write_line(line: str) -> None:
+    """A line on stdout, above the progress bar (which tqdm redraws), flushed: it shows in a log file at once."""
+    tqdm.write(line)
+    sys.stdout.flush()
 
 
 def _nanmean(values: np.ndarray) -> float:
@@ -124,6 +147,8 @@ class Trainer:
         self.nonfinite_in_a_row = 0  # skipped steps in a row, across epochs
         self.history: dict[str, list] = {}
         self._restored_rng: dict[str, Any] | None = None
+        self.compiled = is_compiled(self.model)  # then the first step and the first validation say so
+        self._announced: set[str] = set()
         names = list(plans.get("label_names") or [f"class_{k}" for k in range(self.model.num_classes)])
         self.class_names = names[1:self.model.num_classes]
 
@@ -187,6 +212,13 @@ class Trainer:
         self.scheduler._last_lr = lrs
 
     # ------------------------------------------------------------------ steps
+    def _announce(self, kind: str, what: str) -> contextlib.AbstractContextManager:
+        """:func:`~light_training.runtime.announce_compile` around the first call of ``kind`` of a
+        compiled model (rank 0); nothing otherwise."""
+        first = self.compiled and self.dist.is_main and kind not in self._announced
+        self._announced.add(kind)
+        return announce_compile(what, first, _write_line)
+
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.device, self.precision)
 
@@ -263,13 +295,17 @@ class Trainer:
         self.net.train()
         sums: dict[str, torch.Tensor] = {}
         done, skipped, data_time = 0, 0, 0.0
+        loop_start = time.perf_counter()
         bar = tqdm(range(s.num_iterations_per_epoch), desc=f"epoch {epoch + 1}/{s.max_epoch}", leave=False,
                    disable=not self.dist.is_main, dynamic_ncols=True)
         for step in bar:
             start = time.perf_counter()
             micro = [next(batches) for _ in range(s.accumulate_steps)]
             data_time += time.perf_counter() - start
-            terms = self.train_step(micro, epoch)
+            image = micro[0]["image"]
+            with self._announce("train", f"the training step for patch {describe_patch(image.shape[2:])}, "
+                                         f"batch {image.shape[0]}"):
+                terms = self.train_step(micro, epoch)
             if terms is None:
                 skipped, self.nonfinite_in_a_row = skipped + 1, self.nonfinite_in_a_row + 1
                 if self.dist.is_main:
@@ -291,8 +327,9 @@ class Trainer:
                 sums[k] = v.double() if k not in sums else sums[k] + v.double()
             if step % self.LOSS_DISPLAY_EVERY == 0:
                 bar.set_postfix(loss=f"{float(terms['loss']):.4f}")
+        loop_time = time.perf_counter() - loop_start
         keys = list(sums)  # the loss's own order; the same on every rank (steps are skipped together)
-        extra = torch.tensor([done, skipped, data_time], dtype=torch.float64, device=self.device)
+        extra = torch.tensor([done, skipped, data_time, loop_time], dtype=torch.float64, device=self.device)
         means = torch.cat([torch.stack([sums[k] for k in keys]).to(self.device), extra]) if keys else extra
         if self.dist.world_size > 1:
             torch_dist.all_reduce(means)
@@ -301,6 +338,8 @@ class Trainer:
         result = {f"train/{k}": means[i] / total for i, k in enumerate(keys)}
         result["steps/skipped"] = means[len(keys) + 1]
         result["time/data_s"] = means[len(keys) + 2] / self.dist.world_size
+        # the share of the steps' time spent waiting for the loader: near 0 when it keeps up
+        result["time/data_wait_share"] = means[len(keys) + 2] / max(means[len(keys) + 3], 1e-9)
         return result
 
     # ------------------------------------------------------------------ validation
@@ -316,16 +355,19 @@ class Trainer:
         counts = torch.zeros(2, 3, k - 1, dtype=torch.float64, device=self.device)  # segmentation, boundary
         generator = torch.Generator(self.device).manual_seed(self.settings.seed)  # same noise every time
         slices, has_boundary = None, hasattr(self.model, "boundary_labels")
-        for image, label in patches.batches(self.settings.batch_size, self.dist.rank, self.dist.world_size):
-            x = torch.from_numpy(image).to(self.device)
+        batch_size = self.settings.batch_size
+        for image, label in patches.batches(batch_size, self.dist.rank, self.dist.world_size):
+            n = len(image)
+            x = torch.from_numpy(pad_batch(image, batch_size) if self.compiled else image).to(self.device)
             y = torch.from_numpy(label).to(self.device).long()
-            with self.autocast():
+            with self.autocast(), self._announce("validate", f"validation's sampling for patch "
+                                                              f"{describe_patch(image.shape[2:])}, batch {len(x)}"):
                 output = self.model.sample_members(x, steps=self.settings.val_steps, generator=generator,
                                                    return_boundary=True)
-            pred = output.probs.argmax(1)
+            pred = output.probs[:n].argmax(1)
             counts[0] += dice_counts(pred, y, k)
             if has_boundary:
-                counts[1] += dice_counts(output.boundary_logits.argmax(1), self.model.boundary_labels(y), k)
+                counts[1] += dice_counts(output.boundary_logits[:n].argmax(1), self.model.boundary_labels(y), k)
             if slices is None:
                 uncertainty = uncertainty_map("total", output)
                 slices = middle_slices(image[0], label[0], pred[0].cpu().numpy(), uncertainty[0].float().cpu().numpy())
