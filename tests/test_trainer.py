@@ -18,7 +18,8 @@ from light_training.preprocessing.preprocess import list_cases, preprocess_datas
 from light_training.preprocessing.planning import plans_path, prepare_plans
 from light_training.synthetic.generate import generate_aiib2023
 from light_training.training.monitor import summary_line
-from light_training.training.trainer import Trainer, TrainingStopped, TrainSettings, dice_counts, dice_from_counts
+from light_training.training.trainer import (SkippedStep, Trainer, TrainingStopped, TrainSettings, dice_counts,
+                                            dice_from_counts, skip_message, stop_message)
 
 PATCH = [16, 16, 16]
 
@@ -144,6 +145,30 @@ def test_nan_loss_is_skipped_and_a_run_of_them_stops_training(data_dir: Path, tm
     kept = load_checkpoint(tmp_path / "logs" / "model" / "latest.pt")
     assert kept["epoch"] == 1 and kept["history"]["steps/skipped"] == [[0.0, 1.0]]
     assert all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+
+
+def test_a_skipped_step_says_whether_the_loss_or_the_gradient_was_not_finite(data_dir: Path, tmp_path: Path):
+    trainer = make_trainer(data_dir, tmp_path / "logs", max_epoch=2)
+    good = fixed_batch(data_dir)
+    assert trainer.train_step({**good, "image": torch.full_like(good["image"], float("nan"))}, 0) is None
+    assert not trainer.last_skip.loss_finite and skip_message(trainer.last_skip) == "the loss was NaN/Inf"
+    name, weight = list(trainer.model.named_parameters())[-3]
+    hook = weight.register_hook(lambda g: g * float("inf"))  # a finite loss, a non-finite gradient in one place
+    assert trainer.train_step(good, 0) is None
+    hook.remove()
+    skip = trainer.last_skip
+    assert skip.loss_finite and skip.parameter == name and skip.largest == float("inf")
+    assert skip_message(skip).startswith(f"the loss was finite, the gradient was not (largest in {name}: inf")
+
+
+def test_fp32_is_suggested_only_where_the_loss_held_and_the_gradient_did_not():
+    grad = SkippedStep(True, "denoiser.stages.5.rest.0.conv.weight", float("inf"))
+    loss = SkippedStep(False, "head.weight", float("inf"))
+    assert "use precision='fp32'" in stop_message([grad, grad], "bf16")
+    assert "gradient NaN/Inf in 2 (largest in denoiser.stages.5.rest.0.conv.weight)" in stop_message([grad] * 2, "bf16")
+    assert "fp32" not in stop_message([grad], "fp32")  # already fp32
+    mixed = stop_message([grad, loss], "bf16")
+    assert "fp32" not in mixed and "loss was NaN/Inf in 1" in mixed and "Check the data" in mixed
 
 
 def test_loss_falls_on_one_repeated_batch(data_dir: Path, tmp_path: Path):
