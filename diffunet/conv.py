@@ -10,10 +10,11 @@ takes oneDNN, which is why a CPU with bf16 units never showed it.
 Two more CPU faults are handled here (``docs/precision.md``):
 
 * The backward of a training step re-asks PyTorch's heuristic: ``aten.mkldnn_convolution``'s derivative is
-  ``aten.convolution_backward``, which picks the single-threaded ``Slow3d`` kernel at batch 1 on a small,
-  deep feature map. Where ``torch._C._select_conv_backend`` says ``Slow3d``, :func:`conv3d` keeps oneDNN's
-  forward and computes the backward as one BLAS matrix product per kernel tap (multi-threaded at any
-  batch): ``dW[:, :, k] = g @ x_k^T`` and ``dx_k += W[:, :, k]^T @ g``, ``x_k`` the input seen by tap ``k``.
+  ``aten.convolution_backward``, which picks the single-threaded ``Slow3d`` kernel at batch 1 (below
+  20,480 for batch x channels x depth x height). Where ``torch._C._select_conv_backend`` says ``Slow3d``,
+  :func:`conv3d` keeps oneDNN's forward and runs oneDNN's backward at batch 2: the sample beside a zero
+  one, which adds nothing to the weight gradient. Half of that backward's work is wasted, and it is still
+  2-4x faster than ``Slow3d`` (``docs/precision.md``); oneDNN offers no batch-1 backward to call.
 * oneDNN's bf16 weight gradient (``jit_bf16`` at ISA levels ``avx512_core`` and ``avx512_core_bf16``: AMD
   Zen 4, Intel before Sapphire Rapids) reads uninitialised memory when the input is smaller than the kernel
   along an axis (a 2 x 2 x 2 bottleneck under a 3 x 3 x 3 kernel): inf/NaN or 1e30 at random steps.
@@ -28,14 +29,13 @@ state-dict keys, same results (to float rounding), same autograd.
 from __future__ import annotations
 
 import contextlib
-import itertools
 from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["onednn_direct", "matmul_backward", "bf16_guard", "pytorch_choice", "conv3d", "Conv3d", "ConvTranspose3d"]
+__all__ = ["onednn_direct", "batch2_backward", "bf16_guard", "pytorch_choice", "conv3d", "Conv3d", "ConvTranspose3d"]
 
 _direct_enabled = True  # False only inside pytorch_choice()
 
@@ -52,12 +52,14 @@ def onednn_direct(device_type: str, dtype: torch.dtype, autocast: bool, compilin
             and mkldnn_available)
 
 
-def matmul_backward(direct: bool, needs_grad: bool, groups: int, backend: str) -> bool:
-    """Whether a direct oneDNN convolution (:func:`onednn_direct`) should compute its backward by matrix
-    products: where autograd will need it, and where ``aten.convolution_backward`` would otherwise run
-    ``backend`` (the name ``torch._C._select_conv_backend`` gives) = ``"Slow3d"``, the single-threaded
-    native kernel. ``groups`` > 1 never reaches ``Slow3d`` (PyTorch takes oneDNN for grouped convs)."""
-    return direct and needs_grad and groups == 1 and backend == "Slow3d"
+def batch2_backward(direct: bool, needs_grad: bool, groups: int, backend: str, backend_at_batch_2: str) -> bool:
+    """Whether a direct oneDNN convolution (:func:`onednn_direct`) of a batch-1 input should run its
+    backward at batch 2 (the sample beside a zero one): where autograd will need it, where
+    ``aten.convolution_backward`` would run ``backend`` (the name ``torch._C._select_conv_backend`` gives
+    for the input) = ``"Slow3d"``, the single-threaded native kernel, and where it takes oneDNN
+    (``backend_at_batch_2`` = ``"Mkldnn"``) at batch 2. PyTorch keeps its native kernel at every batch
+    below 16 for a 1 x 1 kernel on one thread, where it is the faster; grouped convs always take oneDNN."""
+    return direct and needs_grad and groups == 1 and backend == "Slow3d" and backend_at_batch_2 == "Mkldnn"
 
 
 def bf16_guard(device_type: str, compute_dtype: torch.dtype, weight_grad: bool, spatial: Sequence[int],
@@ -71,36 +73,26 @@ def bf16_guard(device_type: str, compute_dtype: torch.dtype, weight_grad: bool, 
             and any(s < k for s, k in zip(spatial, extent)))
 
 
-class _MatmulBackward(torch.autograd.Function):
-    """oneDNN's convolution forward; backward by one matrix product per kernel tap (groups = 1)."""
+class _Batch2Backward(torch.autograd.Function):
+    """oneDNN's convolution forward of a batch-1 input; its backward by oneDNN at batch 2: the sample beside
+    a zero one, whose gradients are zero and add nothing to the weight's and the bias's (groups = 1)."""
 
     @staticmethod
     def forward(ctx, input, weight, bias, stride, padding, dilation):
         ctx.save_for_backward(input, weight)
-        ctx.geometry = (tuple(stride), tuple(padding), tuple(dilation))
+        ctx.geometry = (list(stride), list(padding), list(dilation))
         ctx.has_bias = bias is not None
         return torch.ops.aten.mkldnn_convolution(input, weight, bias, padding, stride, dilation, 1)
 
     @staticmethod
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
-        (stride, padding, dilation), (b, c) = ctx.geometry, x.shape[:2]
-        o, out_sizes = w.shape[0], grad.shape[2:]
-        g = grad.reshape(b, o, -1)  # (B, O, S_out)
-        pz, py, px = padding
-        x_pad = F.pad(x, (px, px, py, py, pz, pz))  # (B, C, D + 2pz, H + 2py, W + 2px)
-        dx_pad = torch.zeros_like(x_pad) if ctx.needs_input_grad[0] else None
-        dw = torch.empty_like(w) if ctx.needs_input_grad[1] else None
-        for tap in itertools.product(*(range(k) for k in w.shape[2:])):
-            # the input voxels that tap (kz, ky, kx) meets at every output voxel: (B, C, *out_sizes)
-            seen = tuple(slice(t * d, t * d + s * (n - 1) + 1, s) for t, d, s, n in zip(tap, dilation, stride, out_sizes))
-            if dw is not None:
-                dw[(slice(None), slice(None), *tap)] = torch.einsum("bos,bcs->oc", g, x_pad[(..., *seen)].reshape(b, c, -1))
-            if dx_pad is not None:
-                dx_pad[(..., *seen)] += (w[(slice(None), slice(None), *tap)].t() @ g).view(b, c, *out_sizes)
-        dx = None if dx_pad is None else dx_pad[..., pz:pz + x.shape[2], py:py + x.shape[3], px:px + x.shape[4]]
-        db = grad.sum((0, 2, 3, 4)) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return dx, dw, db, None, None, None
+        stride, padding, dilation = ctx.geometry
+        x2, g2 = (torch.cat([t, torch.zeros_like(t)]) for t in (x, grad))  # (2, C, D, H, W), (2, O, D', H', W')
+        wanted = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.has_bias and ctx.needs_input_grad[2]]
+        dx, dw, db = torch.ops.aten.convolution_backward(g2, x2, w, [w.shape[0]] if ctx.has_bias else None, stride,
+                                                         padding, dilation, False, [0, 0, 0], 1, wanted)
+        return (dx[:1] if wanted[0] else None), dw if wanted[1] else None, db if wanted[2] else None, None, None, None
 
 
 @contextlib.contextmanager
@@ -126,7 +118,7 @@ def conv3d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
            stride: Sequence[int] = (1, 1, 1), padding: Sequence[int] = (0, 0, 0),
            dilation: Sequence[int] = (1, 1, 1), groups: int = 1) -> torch.Tensor:
     """``F.conv3d`` (per-axis ``stride``, ``padding``, ``dilation``) through oneDNN where
-    :func:`onednn_direct` says so, its backward by matrix products where :func:`matmul_backward` says so,
+    :func:`onednn_direct` says so, its backward at batch 2 where :func:`batch2_backward` says so,
     in fp32 where :func:`bf16_guard` says so. ``input`` (B, C_in, D, H, W), ``weight``
     (C_out, C_in / groups, kz, ky, kx); returns (B, C_out, D', H', W') (fp32 where guarded)."""
     autocast = torch.is_autocast_enabled("cpu")
@@ -139,10 +131,13 @@ def conv3d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
                           stride, padding, dilation, groups)
     if _direct(input):
         needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (input, weight, bias))
-        backend = torch._C._select_conv_backend(input, weight, bias, list(stride), list(padding), list(dilation),
-                                                False, [0, 0, 0], groups).name if needs_grad else ""
-        if matmul_backward(True, needs_grad, groups, backend):
-            return _MatmulBackward.apply(input, weight, bias, stride, padding, dilation)
+        backends = ["", ""]
+        if needs_grad and input.shape[0] == 1:
+            backends = [torch._C._select_conv_backend(x, weight, bias, list(stride), list(padding), list(dilation),
+                                                      False, [0, 0, 0], groups).name
+                        for x in (input, input.expand(2, *input.shape[1:]))]
+        if batch2_backward(True, needs_grad, groups, *backends):
+            return _Batch2Backward.apply(input, weight, bias, stride, padding, dilation)
         return torch.ops.aten.mkldnn_convolution(input, weight, bias, padding, stride, dilation, groups)
     return F.conv3d(input, weight, bias, stride, padding, dilation, groups)
 

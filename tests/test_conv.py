@@ -3,9 +3,10 @@ import pytest
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from diffunet import build_network
-from diffunet.conv import Conv3d, ConvTranspose3d, onednn_direct, pytorch_choice
+from diffunet.conv import Conv3d, ConvTranspose3d, batch2_backward, bf16_guard, onednn_direct, pytorch_choice
 
 
 def _op_names(fn) -> set[str]:
@@ -75,3 +76,48 @@ def test_pytorch_choice_is_the_slow_path_it_replaces():
             native = _op_names(lambda: conv(x))
         direct = _op_names(lambda: conv(x))
     assert any("slow_conv3d" in n for n in native) and "aten::mkldnn_convolution" in direct
+
+
+# --- issue 25.2: the backward of a batch-1 fp32 training step ---------------------------------------------
+
+class _ConvBackwardBackends(TorchDispatchMode):
+    """Records the kernel PyTorch selects for every ``aten.convolution_backward`` it runs (the profiler shows
+    only the op's name, which is the same for oneDNN and the native ``Slow3d``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.backends: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution_backward.default:
+            _, x, w, _, stride, padding, dilation, transposed, output_padding, groups, _ = args
+            backend = torch._C._select_conv_backend(x, w, None, stride, padding, dilation, transposed,
+                                                    output_padding, groups).name
+            one_by_one = w.shape[2:] == (1, 1, 1) and torch.get_num_threads() == 1  # PyTorch's choice: native wins
+            self.backends.append("native 1x1x1, one thread" if one_by_one else backend)
+        return func(*args, **(kwargs or {}))
+
+
+def test_batch2_backward_exactly_where_pytorch_would_take_slow3d():
+    assert batch2_backward(True, True, 1, "Slow3d", "Mkldnn")
+    assert not batch2_backward(True, True, 1, "Mkldnn", "Mkldnn")  # oneDNN already
+    assert not batch2_backward(True, True, 1, "Slow3d", "Slow3d")  # 1x1x1 on one thread: native at any batch
+    assert not batch2_backward(True, False, 1, "Slow3d", "Mkldnn")  # inference: no backward to replace
+    assert not batch2_backward(False, True, 1, "Slow3d", "Mkldnn")  # bf16 / autocast / compile / CUDA: not direct
+    assert not batch2_backward(True, True, 2, "Slow3d", "Mkldnn")
+
+
+def test_batch1_fp32_training_backward_never_runs_slow3d():
+    torch.manual_seed(0)
+    model = build_network("diffunet", 1, 3, preset="tiny")
+    image, label = torch.randn(1, 1, 16, 24, 32), torch.randint(0, 3, (1, 16, 24, 32))
+    x = torch.randn(1, 8, 4, 6, 6)
+    assert torch._C._select_conv_backend(x, torch.randn(8, 8, 3, 3, 3), None, [1] * 3, [1] * 3, [1] * 3, False,
+                                         [0] * 3, 1).name == "Slow3d"  # what these small maps would get
+    model.train()
+    loss = model(image, label).logits.float().mean()
+    with _ConvBackwardBackends() as mode:
+        loss.backward()
+    assert "Slow3d" not in mode.backends, mode.backends
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert len(grads) > 50 and all(torch.isfinite(g).all() for g in grads)
