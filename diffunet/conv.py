@@ -38,6 +38,7 @@ from torch import nn
 __all__ = ["onednn_direct", "batch2_backward", "bf16_guard", "pytorch_choice", "conv3d", "Conv3d", "ConvTranspose3d"]
 
 _direct_enabled = True  # False only inside pytorch_choice()
+_batch2_enabled = True  # False only inside pytorch_choice(forward=False)
 
 
 def onednn_direct(device_type: str, dtype: torch.dtype, autocast: bool, compiling: bool,
@@ -96,15 +97,20 @@ class _Batch2Backward(torch.autograd.Function):
 
 
 @contextlib.contextmanager
-def pytorch_choice() -> Iterator[None]:
+def pytorch_choice(forward: bool = True) -> Iterator[None]:
     """Within this context the layers leave the choice of kernel to PyTorch (its batch-1 slow path
-    included): the baseline that ``benchmarks/bench_speed.py`` measures the direct path against."""
-    global _direct_enabled
-    previous, _direct_enabled = _direct_enabled, False
+    included): the baseline that ``benchmarks/bench_speed.py`` measures the direct path against. With
+    ``forward=False`` only the backward's (the forward stays oneDNN's): the baseline of the batch-1 backward
+    in ``benchmarks/bench_training.py``."""
+    global _direct_enabled, _batch2_enabled
+    previous = _direct_enabled, _batch2_enabled
+    if forward:
+        _direct_enabled = False
+    _batch2_enabled = False
     try:
         yield
     finally:
-        _direct_enabled = previous
+        _direct_enabled, _batch2_enabled = previous
 
 
 def _direct(x: torch.Tensor) -> bool:
@@ -136,7 +142,7 @@ def conv3d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
             backends = [torch._C._select_conv_backend(x, weight, bias, list(stride), list(padding), list(dilation),
                                                       False, [0, 0, 0], groups).name
                         for x in (input, input.expand(2, *input.shape[1:]))]
-        if batch2_backward(True, needs_grad, groups, *backends):
+        if _batch2_enabled and batch2_backward(True, needs_grad, groups, *backends):
             return _Batch2Backward.apply(input, weight, bias, stride, padding, dilation)
         return torch.ops.aten.mkldnn_convolution(input, weight, bias, padding, stride, dilation, groups)
     return F.conv3d(input, weight, bias, stride, padding, dilation, groups)
