@@ -165,7 +165,7 @@ def test_a_skipped_step_says_whether_the_loss_or_the_gradient_was_not_finite(dat
 def test_fp32_is_suggested_only_where_the_loss_held_and_the_gradient_did_not():
     grad = SkippedStep(True, "denoiser.stages.5.rest.0.conv.weight", float("inf"))
     loss = SkippedStep(False, "head.weight", float("inf"))
-    assert "use precision='fp32'" in stop_message([grad, grad], "bf16")
+    assert "try precision='fp32'" in stop_message([grad, grad], "bf16")
     assert "gradient NaN/Inf in 2 (largest in denoiser.stages.5.rest.0.conv.weight)" in stop_message([grad] * 2, "bf16")
     assert "fp32" not in stop_message([grad], "fp32")  # already fp32
     mixed = stop_message([grad, loss], "bf16")

@@ -75,7 +75,7 @@ def skip_message(skip: SkippedStep) -> str:
 def stop_message(skips: Sequence[SkippedStep], precision: str) -> str:
     """The advice when ``skips`` (the skipped steps in a row) stop training: the data, lr or inputs where a
     loss was non-finite; ``precision="fp32"`` only where every loss was finite and the gradient was not under
-    a reduced ``precision`` (the forward pass held; only the backward overflowed)."""
+    a reduced ``precision`` (the forward pass held; only the backward failed)."""
     lost = sum(not s.loss_finite for s in skips)
     parameters = sorted({s.parameter for s in skips if s.loss_finite})
     what = [f"the loss was NaN/Inf in {lost}"] if lost else []
@@ -85,7 +85,7 @@ def stop_message(skips: Sequence[SkippedStep], precision: str) -> str:
     if lost:
         advice = "Check the data (NaN in the preprocessed images?) or lower lr"
     elif precision != "fp32":
-        advice = f"The {precision} backward overflowed where fp32's may not: use precision='fp32', or lower lr"
+        advice = f"The {precision} backward failed where the forward held: try precision='fp32', or lower lr"
     else:
         advice = "Lower lr (or grad_clip), or check the data"
     what = "; ".join(what)
