@@ -11,6 +11,11 @@ Examples:
     python benchmarks/bench_training.py --presets=['tiny'] --steps=5
     python benchmarks/bench_training.py --patch_cpu=[48,48,48] --num_workers=2 --case_shape=[96,128,128]   # quick
     python benchmarks/bench_training.py "--presets=['tiny']" --patch_cpu=[32,32,32] --compile_modes=[False,True] --loader_batches=0
+    python benchmarks/bench_training.py "--presets=['tiny']" --patch_cpu=[32,64,64] --batch_sizes=[1,2] --precision=fp32 --loader_batches=0   # batch 1's backward
+
+At batch 1 on a CPU a second row times the step with PyTorch's own choice of backward kernel (the native,
+single-threaded ``Slow3d`` where its heuristic says so; the forward stays oneDNN's): the state before
+``diffunet.conv`` ran that backward through oneDNN at batch 2.
 """
 import json
 import sys
@@ -23,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffunet import DiffUNet  # noqa: E402
+from diffunet.conv import pytorch_choice  # noqa: E402
 from light_training.training.augmentation import make_training_stream  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
 from light_training.machine import describe_cpu  # noqa: E402
@@ -32,7 +38,8 @@ from light_training.training.trainer import Trainer, TrainSettings  # noqa: E402
 presets = ["tiny", "paper"]  # model presets to time
 patch_cpu = [64, 64, 64]  # patch (z, y, x) on the CPU
 patch_gpu = [128, 128, 128]  # patch on a GPU
-batch_size = 2
+batch_sizes = [2]  # patches per step, each timed; [1, 2] adds batch 1 (and its PyTorch-backward baseline)
+precision = "auto"  # the trainer's: "auto" (bf16 on a CPU with bf16 units), "fp32", "bf16"
 steps = 3  # timed optimisation steps per preset (after warmup)
 warmup = 1  # untimed steps first
 in_channels = 1  # image channels (AIIB2023: 1, BraTS2023: 4)
@@ -54,30 +61,38 @@ where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, 
 print(f"on {where if device.type == 'cuda' else describe_cpu()}; {torch.get_num_threads()} torch threads")
 rows = []
 
-for preset, compiled in [(p, c) for p in presets for c in compile_modes]:
+import contextlib  # noqa: E402
+
+runs = [(p, c, b, choice) for p in presets for c in compile_modes for b in batch_sizes
+        for choice in (["ours", "pytorch"] if b == 1 and device.type == "cpu" and not c else ["ours"])]
+for preset, compiled, batch_size, choice in runs:
     torch.manual_seed(0)
     model = DiffUNet(in_channels, num_classes, preset=preset)
     model.check_patch_size(patch)
     if compiled:
         compile_for_training(model)
     with tempfile.TemporaryDirectory() as logdir:
-        trainer = Trainer(model, TrainSettings(max_epoch=1000, batch_size=batch_size), logdir, {}, {}, device)
+        trainer = Trainer(model, TrainSettings(max_epoch=1000, batch_size=batch_size, precision=precision), logdir, {}, {}, device)
         label = torch.zeros(batch_size, *patch, dtype=torch.uint8)
         label[:, patch[0] // 4:-patch[0] // 4, patch[1] // 3:-patch[1] // 3, patch[2] // 3:-patch[2] // 3] = 1
         batch = {"image": torch.randn(batch_size, in_channels, *patch) + label[:, None], "label": label}
-        start = time.perf_counter()
-        for _ in range(max(warmup, 2 if compiled else 0)):  # compiled: the first steps compile (MC-Diff's batch too)
-            trainer.train_step(batch, 0)
-        first = time.perf_counter() - start
-        start = time.perf_counter()
-        for _ in range(steps):
-            trainer.train_step(batch, 0)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = (time.perf_counter() - start) / steps
+        with pytorch_choice(forward=False) if choice == "pytorch" else contextlib.nullcontext():
+            start = time.perf_counter()
+            for _ in range(max(warmup, 2 if compiled else 0)):  # compiled: the first steps compile (MC-Diff's batch too)
+                trainer.train_step(batch, 0)
+            first = time.perf_counter() - start
+            times = []
+            for _ in range(steps):
+                start = time.perf_counter()
+                trainer.train_step(batch, 0)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+        seconds = min(times)  # the least disturbed step (a shared machine's other processes only add time)
     precision = trainer.precision
-    rows.append([f"train step{f' compiled (first steps {first:.0f} s)' if compiled else ''}", preset,
-                 "x".join(map(str, patch)), f"{where}, {precision}",
+    rows.append([f"train step{f' compiled (first steps {first:.0f} s)' if compiled else ''}"
+                 f"{', PyTorch backward' if choice == 'pytorch' else ''}", preset,
+                 f"{batch_size}x" + "x".join(map(str, patch)), f"{where}, {precision}",
                  f"{1 / seconds:.3f} steps/s", f"{batch_size / seconds:.2f} patches/s"])
     print(rows[-1], flush=True)
     del model, trainer
@@ -96,6 +111,7 @@ with tempfile.TemporaryDirectory() as tmp:
         (data_dir / f"c{i}.json").write_text(json.dumps({"case": f"c{i}", "class_locations": {"1": locations}}))
     cases = [f"c{i}" for i in range(num_cases)]
     for workers, augmentation in ((0, False), (0, True), (num_workers, True)) if loader_batches else ():
+        batch_size = batch_sizes[-1]
         with make_training_stream(data_dir, cases, patch, batch_size, augmentation, workers, seed=0) as stream:
             np.random.seed(0)
             next(stream)  # starts the workers

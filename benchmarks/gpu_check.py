@@ -5,7 +5,8 @@ On a GPU (about 5 minutes): the device and its compute capability, the precision
 bf16 and one fp16 conv3d, three paper-preset training steps at 2 x 128^3 with and without cudnn.benchmark
 (s/step, peak from torch.cuda.max_memory_allocated), one fp16 step with the GradScaler, compiled sampling
 of a 256^3 volume with the mirrors batched (and how many graphs torch.compile built), and the tiny model
-over a 600 x 512 x 512 volume. With --device=cpu the same checks run at small sizes (tiny preset; peaks
+over a 600 x 512 x 512 volume; and bf16 stability (issue 23: does the library's bf16 conv weight gradient
+hold on a 2 x 2 x 2 input, does a 2 x 2 x 2-bottleneck model train in bf16 without skipped steps). With --device=cpu the same checks run at small sizes (tiny preset; peaks
 from the CPU allocator's events in torch.profiler), which tests/test_gpu_check.py runs so this script
 cannot rot. Paste the table into docs/on_a_gpu.md.
 
@@ -48,6 +49,7 @@ large_volume = None  # volume the tiny model predicts; None: [600, 512, 512] on 
 torch_compile = True  # compile the sampling networks (about a minute once)
 train_compile = True  # also time the training scripts' default on a GPU: the compiled step (compile_for_training)
 train_compile_regional = True  # that step compiled per U-Net stage (the default); False: whole networks
+stability_steps = 20  # bf16 stability row: training steps of a 2 x 2 x 2-bottleneck model in bf16 and in fp32
 json = None  # also write every row to this JSON file
 config = apply_overrides(globals())
 
@@ -125,6 +127,64 @@ for dtype in (torch.bfloat16, torch.float16):
             "ok" if torch.isfinite(out).all() else "NaN/Inf", seconds)
     except RuntimeError as err:  # e.g. no bf16 convolutions on this GPU
         add("conv3d", str(dtype)[6:], f"error: {str(err).splitlines()[0][:60]}")
+
+# --------------------------------------------------------------------------- bf16 on a 2 x 2 x 2 bottleneck (issue 23)
+def bf16_stability(trials: int = 10, num_steps: int = 20) -> list[tuple[str, str]]:
+    """(setting, result) rows: does the library's bf16 conv weight gradient hold on an input smaller than the
+    kernel (oneDNN's does not at some CPU ISA levels, docs/precision.md; cuDNN's is what a GPU run answers),
+    and does the trainer's bf16 run of a model with a 2 x 2 x 2 bottleneck skip steps where fp32's does not.
+
+    The conv is plain ``torch.nn.Conv3d`` (the library, unguarded): 64 -> 64 channels, kernel 3, random
+    2 x 64 x 2 x 2 x 2 and 2 x 64 x 2 x 4 x 4 inputs, ``trials`` each; a bf16 weight gradient is wrong when
+    it is off fp32's by more than 5 % of fp32's largest. The model is the tiny preset on a 16^3 patch
+    (strides 1, 2, 2, 2), ``num_steps`` trainer steps on random batches, no clipping, from the same weights."""
+    torch.manual_seed(0)
+    conv, wrong, largest = torch.nn.Conv3d(64, 64, 3, padding=1).to(dev), 0, [0.0, 0.0]
+    for size in [(2, 2, 2), (2, 4, 4)] * trials:
+        x, g = torch.randn(2, 64, *size, device=dev), torch.randn(2, 64, *size, device=dev)
+        grads = []
+        for dtype in (torch.float32, torch.bfloat16):
+            conv.weight.grad = None
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                y = conv(x)
+            y.backward(g.to(y.dtype))
+            grads.append(conv.weight.grad.float())
+        error = torch.nan_to_num((grads[1] - grads[0]).abs().max(), nan=float("inf")).item()
+        wrong += not error < 0.05 * grads[0].abs().max().item()
+        largest = [max(largest[0], grads[0].abs().max().item()),
+                   max(largest[1], torch.nan_to_num(grads[1].abs().max(), nan=float("inf")).item())]
+    rows = [(f"conv3d dW, 2x64x{{2x2x2,2x4x4}}, {2 * trials} trials",
+             f"{'ok' if wrong == 0 else 'library fault'}: {wrong} wrong; max |dW| {largest[1]:.3g} bf16, "
+             f"{largest[0]:.3g} fp32")]
+    runs = {}
+    for step_precision in ("bf16", "fp32"):
+        torch.manual_seed(0)
+        model = build_network("diffunet", 1, 3, preset="tiny")
+        generator, skipped, peak = torch.Generator().manual_seed(1), 0, 0.0
+        with tempfile.TemporaryDirectory() as logdir:
+            settings = TrainSettings(max_epoch=num_steps, batch_size=2, lr=0.02, grad_clip=1e9, precision=step_precision)
+            trainer = Trainer(model, settings, logdir, {}, {}, dev)
+            for _ in range(num_steps):
+                label = torch.randint(0, 3, (2, 16, 16, 16), generator=generator)
+                batch = {"image": torch.randn(2, 1, 16, 16, 16, generator=generator) + label[:, None], "label": label}
+                if trainer.train_step(batch, 0) is None:
+                    skipped, peak = skipped + 1, max(peak, trainer.last_skip.largest)
+                else:
+                    peak = max(peak, max(p.grad.abs().max().item() for p in model.parameters() if p.grad is not None))
+        runs[step_precision] = (skipped, peak)
+        del trainer, model
+    (skipped, peak), (skipped32, peak32) = runs["bf16"], runs["fp32"]
+    verdict = "ok" if skipped == skipped32 == 0 and peak < 10 * peak32 else "UNSTABLE"
+    rows.append((f"tiny 2x2x2 bottleneck, {num_steps} steps vs fp32",
+                 f"{verdict}: {skipped} (fp32 {skipped32}) skipped; max |grad| {peak:.3g} vs {peak32:.3g}"))
+    return rows
+
+
+try:
+    for setting, result in bf16_stability(num_steps=stability_steps):
+        add("bf16 2x2x2", setting, result)
+except (RuntimeError, ValueError) as err:  # no bf16 convolutions on this GPU
+    add("bf16 2x2x2", "conv3d and tiny steps", f"error: {str(err).splitlines()[0][:60]}")
 
 # --------------------------------------------------------------------------- training steps (the trainer's)
 label = torch.zeros(batch_size, *patch, dtype=torch.uint8)

@@ -9,7 +9,7 @@ def test_gpu_check_runs_on_the_cpu(repo_root, tmp_path):
     out = tmp_path / "gpu_check.json"
     result = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--device=cpu", "--torch_compile=False",
                              "--steps=1", "--train_patch=[16,16,16]", "--sampling_volume=[16,16,24]",
-                             "--large_volume=[16,16,16]", f"--json={out}"],
+                             "--large_volume=[16,16,16]", "--stability_steps=3", f"--json={out}"],
                             cwd=repo_root, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -17,7 +17,12 @@ def test_gpu_check_runs_on_the_cpu(repo_root, tmp_path):
     checks = [row["check"] for row in report["rows"]]
     assert checks[:4] == ["device", "precision", "conv3d", "conv3d"]
     assert {"train step", "sampling", "large volume"} <= set(checks)
-    assert all(row["result"].startswith("ok") for row in report["rows"][2:])
+    stability = [row for row in report["rows"] if row["check"] == "bf16 2x2x2"]
+    assert len(stability) == 2, stability
+    # the plain library conv may show oneDNN's fault on this CPU (docs/precision.md); the trainer's steps may not
+    assert stability[0]["result"].startswith(("ok: 0 wrong", "library fault")), stability[0]
+    assert stability[1]["result"].startswith("ok: 0 (fp32 0) skipped"), stability[1]
+    assert all(row["result"].startswith("ok") for row in report["rows"][2:] if row not in stability)
     measured = [row for row in report["rows"] if row["peak_gib"] is not None]
     assert len(measured) == 4 and all(row["estimate_gib"] > 0 for row in measured)
     # the volume rows: the window and the inferer's whole-volume buffers, estimated and measured alike

@@ -204,3 +204,33 @@ def test_the_network_is_in_the_plans_hash():
     hashes = {plans_hash({**base, "network": n}) for n in (None, network, {**network, "batch_size": 3},
                                                            {**network, "kernel_sizes": iso(4)})}
     assert len(hashes) == 4
+
+
+def test_a_smaller_patch_gets_the_topology_the_plans_rules_derive_for_it():
+    """Issue 23's thick-slice brain MRI (1 x 1 x 2.5 mm, about 66 x 217 x 173 voxels): the plan pools y and x
+    five times, so its strides on a [32, 64, 64] patch would leave a 2 x 2 x 2 bottleneck."""
+    from diffunet import network_from_config
+    from light_training.preprocessing.network_plan import network_for_patch
+    from light_training.stages.train import build_training_network, training_topology
+
+    network = plan_network((66, 217, 173), (2.5, 1.0, 1.0), 2, 4, 40, 8, linear_estimator)
+    assert len(network["strides"]) == 6 and network["patch_size"][1] >= 128
+    plans = {"dataset": "example", "channel_names": ["T1", "FLAIR"], "num_classes": 4, "network": network}
+    config = {"model_variant": "diffunet", "model_preset": "tiny", "mba": True, "mc_diff": True,
+              "boundary_target": "boundary", "planned_network": True, "patch_size": [32, 64, 64], "batch_size": 2}
+    derived = training_topology(config, plans)
+    assert derived["strides"] == [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
+    assert derived["kernel_sizes"][0] == [1, 3, 3] and derived["derived_from_patch"] == network["patch_size"]
+    total = [math.prod(s[a] for s in derived["strides"]) for a in range(3)]
+    assert [p // t for p, t in zip([32, 64, 64], total)] == [4, 4, 4]  # the bottleneck: no axis below 4 voxels
+    model = build_training_network(config, plans)
+    assert model.config["strides"] == derived["strides"] and model.config["features"] == [8, 16, 32, 64, 80]
+    model.check_patch_size([32, 64, 64])
+    rebuilt = network_from_config("DiffUNet", model.config)  # what prediction does with a checkpoint's config
+    assert rebuilt.config["strides"] == derived["strides"]
+    assert training_topology({**config, "patch_size": None}, plans) is network  # the plan's own patch: its topology
+    assert network_for_patch(network, network["patch_size"]) is network
+    with pytest.raises(ValueError, match=r"patch_size=\[36, 64, 64\].*set --patch_size=\[32, 64, 64\]"):
+        training_topology({**config, "patch_size": [36, 64, 64]}, plans)
+    with pytest.raises(ValueError, match="spacing is not recorded.*--planned_network=False"):
+        training_topology(config, {**plans, "network": {**network, "spacing": None}})

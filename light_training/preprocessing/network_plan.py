@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 __all__ = ["MIN_FEATURE_MAP", "MAX_STAGES", "ANISOTROPY_FACTOR", "MIN_BATCH", "MAX_BATCH_SHARE", "PLAN_PRECISION",
            "Estimator", "network_topology", "round_patch", "planned_model_options", "real_estimator", "plan_network",
-           "describe_network"]
+           "describe_network", "network_for_patch"]
 
 MIN_FEATURE_MAP = 4  # voxels an axis keeps at least after its last pooling (nnU-Net's 4)
 MAX_STAGES = 6  # the paper's depth: the first stage at full resolution, five poolings at most
@@ -182,6 +182,36 @@ def plan_network(median_shape: Sequence[float], spacing: Sequence[float], in_cha
             "estimated_peak_gib": round(peak(patch, batch) / 1024 ** 3, 3),
             "median_shape": [float(m) for m in median_shape], "spacing": [float(s) for s in spacing],
             "estimator_calls": len(cache)}
+
+
+def network_for_patch(network: dict[str, Any], patch_size: Sequence[int]) -> dict[str, Any]:
+    """A plan's ``network`` entry for another ``patch_size`` (z, y, x): the strides, kernels and number of
+    stages derived for that patch by the plan's own rules (:func:`network_topology` at the plan's
+    ``spacing``), the rest of the plan unchanged. The plan itself when the patch is its own.
+
+    ``ValueError`` (naming the patch, the plan and what to set) when the plan records no spacing or the
+    patch is not a multiple of the total stride of its topology.
+    """
+    patch = [int(p) for p in patch_size]
+    if patch == [int(p) for p in network["patch_size"]]:
+        return network
+    plan = f"the plan's network ({describe_network(network)})"
+    if len(patch) != 3 or min(patch) < 1:
+        raise ValueError(f"patch_size={list(patch_size)}: expected 3 positive voxel counts (z, y, x)")
+    if not network.get("spacing"):
+        raise ValueError(f"patch_size={patch} differs from {plan}, whose spacing is not recorded, so no topology "
+                         f"can be derived for it: run the preprocessing script again, set "
+                         f"--patch_size={network['patch_size']}, or --planned_network=False")
+    from diffunet.presets import preset_features
+
+    strides, kernels = network_topology(patch, network["spacing"])
+    fitted = round_patch(patch, network["spacing"])[0]
+    if fitted != patch:
+        raise ValueError(f"patch_size={patch}: the topology the plan's rules derive for it (strides "
+                         f"{strides}) needs multiples of {_total_stride(strides)}; set --patch_size={fitted} "
+                         f"(or the plan's {network['patch_size']})")
+    return {**network, "patch_size": patch, "strides": strides, "kernel_sizes": kernels,
+            "features": preset_features("paper", len(strides)), "derived_from_patch": list(network["patch_size"])}
 
 
 def describe_network(network: dict[str, Any]) -> str:

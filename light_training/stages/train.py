@@ -9,7 +9,7 @@ from light_training.checkpoint import archive_previous_run, fold_logdir
 from light_training.datasets import load_dataset
 from light_training.fast_paths import resolve_fast_paths
 from light_training.io import read_json
-from light_training.preprocessing.network_plan import describe_network, planned_model_options
+from light_training.preprocessing.network_plan import describe_network, network_for_patch, planned_model_options
 from light_training.preprocessing.planning import plans_path
 from light_training.runtime import (cleanup_distributed, compile_for_training, configure_backends, inductor_cache_dir,
                                     resolve_device, resolve_precision, resolve_training_compile, seed_everything,
@@ -21,7 +21,7 @@ from light_training.training.memory_check import check_gpu_memory, over_budget_w
 from light_training.training.splits import fold_cases
 from light_training.training.trainer import Trainer, TrainingStopped, TrainSettings
 
-__all__ = ["load_plans", "build_training_network", "patch_and_batch", "train"]
+__all__ = ["load_plans", "training_topology", "build_training_network", "patch_and_batch", "train"]
 
 
 def load_plans(data_dir: str | Path, dataset: str) -> dict[str, Any]:
@@ -44,13 +44,25 @@ def _planned_network(plans: dict[str, Any], wanted: str) -> dict[str, Any]:
     return plans["network"]
 
 
+def training_topology(config: dict[str, Any], plans: dict[str, Any]) -> dict[str, Any] | None:
+    """With ``planned_network``, the plan's ``network`` entry for the training patch: the plan's own, or
+    for a ``patch_size`` of the constants that differs from the plan's, the strides and stages the plan's
+    rules derive for that patch (:func:`network_for_patch`: a smaller patch keeps every feature map >= 4
+    voxels per axis). None without ``planned_network``."""
+    if not config.get("planned_network"):
+        return None
+    network = _planned_network(plans, "planned_network=True")
+    return network if config.get("patch_size") is None else network_for_patch(network, config["patch_size"])
+
+
 def build_training_network(config: dict[str, Any], plans: dict[str, Any]):
     """The network the constants ask for (``model_variant``, ``model_preset`` and the model options); with
-    ``planned_network`` the plan's per-stage strides and kernels, at ``model_preset``'s widths."""
+    ``planned_network`` the per-stage strides and kernels of :func:`training_topology`, at ``model_preset``'s
+    widths (the model's config, which every checkpoint carries, records them for prediction)."""
     from diffunet import build_network
 
-    shape = (planned_model_options(_planned_network(plans, "planned_network=True"), config["model_preset"])
-             if config.get("planned_network") else {})
+    network = training_topology(config, plans)
+    shape = planned_model_options(network, config["model_preset"]) if network is not None else {}
     return build_network(config["model_variant"], len(plans["channel_names"]), plans["num_classes"],
                          preset=config["model_preset"], mba=config["mba"], mc_diff=config["mc_diff"],
                          boundary_target=config["boundary_target"], **shape)
@@ -119,6 +131,11 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
     try:
         plans = load_plans(c["data_dir"], c["dataset"])
         model = build_training_network(c, plans)
+        derived = training_topology(c, plans)
+        if dist.is_main and derived is not None and "derived_from_patch" in derived:
+            print(f"note: patch {derived['patch_size']} is not the plan's {derived['derived_from_patch']}: the network "
+                  f"takes the topology the plan's rules derive for it ({len(derived['strides'])} stages, strides "
+                  f"{derived['strides']}, kernels {derived['kernel_sizes']}; every feature map >= 4 voxels per axis)")
         set_memory_options(model, mc_chunk=c["mc_chunk"], checkpointing=c["checkpointing"])
         patch, batch = patch_and_batch(c, plans, model)
         _check_memory(c, plans, model, patch, batch, device, dist.is_main)

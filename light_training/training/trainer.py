@@ -34,8 +34,8 @@ from light_training.training.dataloading import ValidationPatches
 from light_training.training.loss import training_loss
 from light_training.training.monitor import TrainingMonitor, middle_slices, summary_line
 
-__all__ = ["TrainSettings", "TrainingStopped", "Trainer", "dice_counts", "dice_from_counts", "pad_batch",
-           "describe_patch"]
+__all__ = ["TrainSettings", "TrainingStopped", "Trainer", "SkippedStep", "skip_message", "stop_message",
+           "dice_counts", "dice_from_counts", "pad_batch", "describe_patch"]
 
 
 @dataclass
@@ -58,6 +58,42 @@ class TrainSettings:
     channels_last: bool = False  # weights and training batches in channels_last_3d (light_training.fast_paths);
     #                              validation's patches take the weights' layout at the first convolution
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class SkippedStep:
+    """Why a step was skipped: whether its loss was finite, and the parameter holding the largest gradient
+    (``largest``: its largest |value|, inf where NaN or Inf; 0 and "" when no gradient was computed)."""
+    loss_finite: bool
+    parameter: str
+    largest: float
+
+
+def skip_message(skip: SkippedStep) -> str:
+    """What a skipped step's warning says about it."""
+    if not skip.loss_finite:
+        return "the loss was NaN/Inf"
+    return f"the loss was finite, the gradient was not (largest in {skip.parameter}: {skip.largest:.3g})"
+
+
+def stop_message(skips: Sequence[SkippedStep], precision: str) -> str:
+    """The advice when ``skips`` (the skipped steps in a row) stop training: the data, lr or inputs where a
+    loss was non-finite; ``precision="fp32"`` only where every loss was finite and the gradient was not under
+    a reduced ``precision`` (the forward pass held; only the backward failed)."""
+    lost = sum(not s.loss_finite for s in skips)
+    parameters = sorted({s.parameter for s in skips if s.loss_finite})
+    what = [f"the loss was NaN/Inf in {lost}"] if lost else []
+    if lost < len(skips):
+        what.append(f"the loss was finite and the gradient NaN/Inf in {len(skips) - lost} (largest in "
+                    f"{', '.join(parameters)})")
+    if lost:
+        advice = "Check the data (NaN in the preprocessed images?) or lower lr"
+    elif precision != "fp32":
+        advice = f"The {precision} backward failed where the forward held: try precision='fp32', or lower lr"
+    else:
+        advice = "Lower lr (or grad_clip), or check the data"
+    what = "; ".join(what)
+    return f"{what}. {advice}"
 
 
 def dice_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -145,6 +181,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
         self.start_epoch, self.best_dice = 0, -1.0
         self.nonfinite_in_a_row = 0  # skipped steps in a row, across epochs
+        self.skips: list[SkippedStep] = []  # why each of them was skipped
+        self.last_skip: SkippedStep | None = None  # set by train_step when it skips
         self.history: dict[str, list] = {}
         self._restored_rng: dict[str, Any] | None = None
         self.compiled = is_compiled(self.model)  # then the first step and the first validation say so
@@ -230,6 +268,17 @@ class Trainer:
             torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
         return bool(flag.item() > 0)
 
+    def _diagnose(self, loss: torch.Tensor) -> SkippedStep:
+        """Why a step is skipped, from its loss and the unclipped gradients: one device read, made only on a
+        skipped step."""
+        named = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
+        peaks = [torch.nan_to_num(g.detach().abs().amax().float(), nan=math.inf, posinf=math.inf) for _, g in named]
+        values = torch.stack([torch.isfinite(loss.detach()).float(), *peaks]).tolist()
+        if not named:
+            return SkippedStep(values[0] > 0, "", 0.0)
+        top = int(np.argmax(values[1:]))
+        return SkippedStep(values[0] > 0, named[top][0], values[1 + top])
+
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """A batch tensor on the device; through pinned memory on CUDA, so the copy does not block."""
         if self.device.type == "cuda":
@@ -273,6 +322,7 @@ class Trainer:
             # inf gradients are normal with fp16 (the scaler skips the step and lowers the scale); a
             # non-finite loss is not
             if not self._all_finite(totals["loss"]):
+                self.last_skip = self._diagnose(totals["loss"])
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
             self.scaler.unscale_(self.optimizer)
@@ -280,10 +330,13 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             return totals
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
         if not self._all_finite(totals["loss"], grad_norm):
+            self.last_skip = self._diagnose(totals["loss"])
             self.optimizer.zero_grad(set_to_none=True)
             return None
+        torch.nn.utils.clip_grads_with_norm_(parameters, self.settings.grad_clip, grad_norm)
         self.optimizer.step()
         return totals
 
@@ -308,20 +361,21 @@ class Trainer:
                 terms = self.train_step(micro, epoch)
             if terms is None:
                 skipped, self.nonfinite_in_a_row = skipped + 1, self.nonfinite_in_a_row + 1
+                self.skips.append(self.last_skip)
                 if self.dist.is_main:
                     keys = [b.get("keys") for b in micro] if len(micro) > 1 else micro[0].get("keys")
-                    warnings.warn(f"epoch {epoch + 1} step {step + 1}: loss or gradient is NaN/Inf "
+                    warnings.warn(f"epoch {epoch + 1} step {step + 1}: {skip_message(self.last_skip)} "
                                   f"(cases {keys}); step skipped", RuntimeWarning, stacklevel=2)
                 if self.nonfinite_in_a_row >= s.max_consecutive_nonfinite:
                     latest = self.checkpoint_dir / "latest.pt"
                     kept = (f"the last good checkpoint, {latest} ({epoch} epochs done), is kept" if latest.is_file()
                             else "no checkpoint had been written yet")
                     raise TrainingStopped(
-                        f"the loss or gradient was NaN/Inf in {self.nonfinite_in_a_row} steps in a row (epoch "
-                        f"{epoch + 1}); training stopped and {kept}. Check the data (NaN in the preprocessed "
-                        f"images?), lower lr or use precision='fp32', then resume with resume=True")
+                        f"{self.nonfinite_in_a_row} steps in a row were skipped (epoch {epoch + 1}): "
+                        f"{stop_message(self.skips, self.precision)}; then resume with resume=True. Training "
+                        f"stopped and {kept}")
                 continue
-            self.nonfinite_in_a_row = 0
+            self.nonfinite_in_a_row, self.skips = 0, []
             done += 1
             for k, v in terms.items():
                 sums[k] = v.double() if k not in sums else sums[k] + v.double()
