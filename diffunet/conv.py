@@ -39,6 +39,7 @@ from torch import nn
 __all__ = ["onednn_direct", "batch2_backward", "bf16_guard", "pytorch_choice", "conv3d", "Conv3d", "ConvTranspose3d"]
 
 _direct_enabled = True  # False only inside pytorch_choice()
+_guard_enabled = True  # False only inside pytorch_choice(): the estimator models CUDA, which has no such guard
 _batch2_enabled = True  # False only inside pytorch_choice(forward=False)
 
 
@@ -99,19 +100,20 @@ class _Batch2Backward(torch.autograd.Function):
 
 @contextlib.contextmanager
 def pytorch_choice(forward: bool = True) -> Iterator[None]:
-    """Within this context the layers leave the choice of kernel to PyTorch (its batch-1 slow path
-    included): the baseline that ``benchmarks/bench_speed.py`` measures the direct path against. With
-    ``forward=False`` only the backward's (the forward stays oneDNN's): the baseline of the batch-1 backward
-    in ``benchmarks/bench_training.py``."""
-    global _direct_enabled, _batch2_enabled
-    previous = _direct_enabled, _batch2_enabled
+    """Within this context the layers leave the choice of kernel and precision to PyTorch (its batch-1 slow
+    path included, and no :func:`bf16_guard`): the baseline that ``benchmarks/bench_speed.py`` measures the
+    direct path against, and the path the memory estimator follows (CUDA's). With ``forward=False`` only the
+    backward's (the forward and the guard stay ours): the baseline of the batch-1 backward in
+    ``benchmarks/bench_training.py``."""
+    global _direct_enabled, _batch2_enabled, _guard_enabled
+    previous = _direct_enabled, _batch2_enabled, _guard_enabled
     if forward:
-        _direct_enabled = False
+        _direct_enabled = _guard_enabled = False
     _batch2_enabled = False
     try:
         yield
     finally:
-        _direct_enabled, _batch2_enabled = previous
+        _direct_enabled, _batch2_enabled, _guard_enabled = previous
 
 
 def _direct(x: torch.Tensor) -> bool:
@@ -131,7 +133,7 @@ def conv3d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     autocast = torch.is_autocast_enabled("cpu")
     extent = [d * (k - 1) + 1 for d, k in zip(dilation, weight.shape[2:])]
     compute_dtype = torch.get_autocast_dtype("cpu") if autocast else input.dtype
-    if bf16_guard(input.device.type, compute_dtype, torch.is_grad_enabled() and weight.requires_grad,
+    if _guard_enabled and bf16_guard(input.device.type, compute_dtype, torch.is_grad_enabled() and weight.requires_grad,
                   input.shape[2:], extent):
         with torch.autocast("cpu", enabled=False):
             return conv3d(input.float(), weight.float(), None if bias is None else bias.float(),
