@@ -33,7 +33,8 @@ from light_training.training.augmentation import make_training_stream  # noqa: E
 from light_training.config import apply_overrides  # noqa: E402
 from light_training.machine import describe_cpu  # noqa: E402
 from light_training.runtime import compile_for_training  # noqa: E402
-from light_training.training.trainer import Trainer, TrainSettings  # noqa: E402
+from light_training.training.step import TrainSettings  # noqa: E402
+from light_training.training.trainer import Trainer  # noqa: E402
 
 presets = ["tiny", "paper"]  # model presets to time
 patch_cpu = [64, 64, 64]  # patch (z, y, x) on the CPU

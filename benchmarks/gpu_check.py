@@ -37,7 +37,8 @@ from light_training.preprocessing.preprocess import save_case  # noqa: E402
 from light_training.runtime import (compile_for_inference, compile_for_training, compiled_graphs,  # noqa: E402
                                     configure_backends, resolve_device, resolve_precision)
 from light_training.training.dataloading import ValidationPatches  # noqa: E402
-from light_training.training.trainer import Trainer, TrainSettings  # noqa: E402
+from light_training.training.step import TrainSettings  # noqa: E402
+from light_training.training.trainer import Trainer  # noqa: E402
 
 device = "cuda:0"  # the GPU to check; "cpu": the same checks at small sizes
 precision = "auto"  # what training and prediction would ask for

@@ -19,7 +19,8 @@ from light_training.training.augmentation import make_training_stream
 from light_training.training.dataloading import ValidationPatches
 from light_training.training.memory_check import check_gpu_memory, over_budget_warning, step_peak_bytes
 from light_training.training.splits import fold_cases
-from light_training.training.trainer import Trainer, TrainingStopped, TrainSettings
+from light_training.training.step import TrainSettings
+from light_training.training.trainer import Trainer, TrainingStopped
 
 __all__ = ["load_plans", "training_topology", "build_training_network", "patch_and_batch", "train"]
 
