@@ -15,9 +15,10 @@ import torch
 
 from diffunet import build_network
 from light_training.inference.prediction import InferenceSettings, predict_volume
-from light_training.memory import (LiveBytes, estimate_sampling_window, estimate_train_step, estimate_volume,
-                                   fit_problem, fits_on_card, measure_cpu_peak, sampling_window, sampling_window_setup,
-                                   train_step, train_step_setup)
+from light_training.memory.estimator import (estimate_sampling_window, estimate_train_step, estimate_volume,
+                                             sampling_window, sampling_window_setup, train_step, train_step_setup)
+from light_training.memory.fit import fit_problem, fits_on_card
+from light_training.memory.live_bytes import LiveBytes, measure_cpu_peak
 
 
 def _bytes(tensors) -> int:

@@ -17,7 +17,7 @@ from light_training.checkpoint import archive_previous_run, build_model, load_ch
 from light_training.training.dataloading import ValidationPatches
 from light_training.preprocessing.raw_cases import find_raw_cases
 from light_training.preprocessing.preprocess import list_cases, preprocess_dataset
-from light_training.preprocessing.planning import plans_path, prepare_plans
+from light_training.planning.plans import plans_path, prepare_plans
 from light_training.synthetic.generate import generate_aiib2023
 from light_training.training.monitor import summary_line
 from light_training.training.skips import SkippedStep, skip_message, stop_message

@@ -16,8 +16,8 @@ import torch.distributed as torch_dist
 from light_training.runtime import autocast_context
 from light_training.training.loss import training_loss
 
-__all__ = ["TrainSettings", "check_label", "make_optimizer", "make_grad_scaler", "forward_loss", "backward", "all_finite",
-           "clip_gradients"]
+__all__ = ["TrainSettings", "check_label", "make_optimizer", "make_grad_scaler", "forward_loss", "backward",
+           "all_finite", "clip_gradients"]
 
 
 @dataclass

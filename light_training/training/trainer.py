@@ -28,8 +28,8 @@ from tqdm import tqdm
 from diffunet.networks import network_from_config
 from diffunet.uncertainty import uncertainty_map
 from light_training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from light_training.runtime import (DistInfo, announce_compile, autocast_context, is_compiled, resolve_precision,
-                                    seed_everything)
+from light_training.compilation import announce_compile, is_compiled
+from light_training.runtime import DistInfo, autocast_context, resolve_precision, seed_everything
 from light_training.training.dataloading import ValidationPatches
 from light_training.training.monitor import TrainingMonitor, epoch_scalars, middle_slices, summary_line
 from light_training.training.skips import SkippedStep, diagnose, skip_message, stopped_message
@@ -162,7 +162,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _announce(self, kind: str, what: str) -> contextlib.AbstractContextManager:
-        """:func:`~light_training.runtime.announce_compile` around the first call of ``kind`` of a
+        """:func:`~light_training.compilation.announce_compile` around the first call of ``kind`` of a
         compiled model (rank 0); nothing otherwise."""
         first = self.compiled and self.dist.is_main and kind not in self._announced
         self._announced.add(kind)
