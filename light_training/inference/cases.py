@@ -18,10 +18,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from light_training.datasets import DatasetDescription
-from light_training.inference.postprocessing import Postprocessing
 from light_training.inference.prediction import save_prediction
 from light_training.inference.preview import preview_path, write_preview
 from light_training.inference.resume import write_record
+from light_training.postprocessing import Postprocessing
 from light_training.preprocessing.preprocess import load_case, preprocess_case
 from light_training.preprocessing.raw_cases import RawCase, read_raw_case
 

@@ -22,8 +22,8 @@ from monai.inferers import SlidingWindowInferer
 
 from diffunet.pure import FUSIONS
 from diffunet.uncertainty import check_uncertainty, entropy_term, uncertainty_from_means
-from light_training.inference.postprocessing import Postprocessing, apply_postprocessing
 from light_training.io import Geometry, atomic_path, write_volume
+from light_training.postprocessing import Postprocessing, apply_postprocessing
 from light_training.runtime import autocast_context, resolve_precision, seed_everything
 from light_training.preprocessing.preprocess import restore_to_original
 

@@ -11,9 +11,9 @@ from light_training.evaluation.postprocessing import determine_postprocessing
 from light_training.evaluation.scoring import format_table, format_unscored, nifti_cases, pair_cases
 from light_training.evaluation.uncertainty import UNCERTAINTY_COLUMNS, evaluate_folder_with_uncertainty
 from light_training.inference.model_package import CROSSVAL_FOLDER
-from light_training.inference.postprocessing import write_postprocessing
 from light_training.inference.resume import RECORD_SUFFIX
 from light_training.io import atomic_path, read_json
+from light_training.postprocessing import write_postprocessing
 from light_training.preprocessing.raw_cases import find_label_files
 from light_training.stages import write_config
 
