@@ -16,7 +16,6 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-
 from light_training.io import read_json, write_json
 
 __all__ = ["RECORD_SUFFIX", "OUTPUT_SETTINGS", "case_part", "resolve_part", "file_digest",
