@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffunet import build_network  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
 from light_training.io import write_json  # noqa: E402
-from light_training.memory import estimate_sampling_window, estimate_train_step, fits_on_card  # noqa: E402
+from light_training.memory.estimator import estimate_sampling_window, estimate_train_step  # noqa: E402
+from light_training.memory.fit import fits_on_card  # noqa: E402
 
 model_variant = "diffunet"  # "diffunet" or "unet" (the plain U-Net baseline)
 preset = "paper"  # model preset: "paper" or "tiny"

@@ -36,10 +36,11 @@ from light_training.training.loss import diffunet_loss  # noqa: E402
 from light_training.inference.prediction import InferenceSettings, predict_volume  # noqa: E402
 from diffunet.conv import pytorch_choice  # noqa: E402
 from light_training.machine import describe_cpu  # noqa: E402
-from light_training.memory import (GIB, estimate_sampling_window, estimate_train_step, estimate_volume,  # noqa: E402
-                                   fit_problem)
-from light_training.runtime import (autocast_context, compile_for_inference, configure_backends,  # noqa: E402
-                                    cpu_has_bf16, resolve_precision)
+from light_training.memory.estimator import (GIB, estimate_sampling_window, estimate_train_step,  # noqa: E402
+                                             estimate_volume)
+from light_training.memory.fit import fit_problem  # noqa: E402
+from light_training.compilation import compile_for_inference  # noqa: E402
+from light_training.runtime import autocast_context, configure_backends, cpu_has_bf16, resolve_precision  # noqa: E402
 
 device = "auto"  # "auto": cuda:0 when present, else cpu
 preset = "paper"  # the model measured for the window and training rows
@@ -281,7 +282,7 @@ if not quick:
     from light_training.training.augmentation import make_training_stream
     from light_training.io import read_image
     from light_training.preprocessing.raw_cases import find_raw_cases
-    from light_training.preprocessing.planning import plan_dataset
+    from light_training.planning.plans import plan_dataset
     from light_training.preprocessing.preprocess import preprocess_case, save_case
     from light_training.synthetic.generate import generate_aiib2023
     vpreset = volume_preset or ("paper" if dev.type == "cuda" else "tiny")

@@ -32,8 +32,9 @@ from diffunet.conv import pytorch_choice  # noqa: E402
 from light_training.training.augmentation import make_training_stream  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
 from light_training.machine import describe_cpu  # noqa: E402
-from light_training.runtime import compile_for_training  # noqa: E402
-from light_training.training.trainer import Trainer, TrainSettings  # noqa: E402
+from light_training.compilation import compile_for_training  # noqa: E402
+from light_training.training.step import TrainSettings  # noqa: E402
+from light_training.training.trainer import Trainer  # noqa: E402
 
 presets = ["tiny", "paper"]  # model presets to time
 patch_cpu = [64, 64, 64]  # patch (z, y, x) on the CPU

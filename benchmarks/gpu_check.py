@@ -31,13 +31,14 @@ from diffunet import build_network  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
 from light_training.inference.prediction import InferenceSettings, predict_volume  # noqa: E402
 from light_training.io import write_json  # noqa: E402
-from light_training.memory import (GIB, estimate_train_step, estimate_volume,  # noqa: E402
-                                   measure_cpu_peak)
+from light_training.memory.estimator import GIB, estimate_train_step, estimate_volume  # noqa: E402
+from light_training.memory.live_bytes import measure_cpu_peak  # noqa: E402
 from light_training.preprocessing.preprocess import save_case  # noqa: E402
-from light_training.runtime import (compile_for_inference, compile_for_training, compiled_graphs,  # noqa: E402
-                                    configure_backends, resolve_device, resolve_precision)
+from light_training.compilation import compile_for_inference, compile_for_training, compiled_graphs  # noqa: E402
+from light_training.runtime import configure_backends, resolve_device, resolve_precision  # noqa: E402
 from light_training.training.dataloading import ValidationPatches  # noqa: E402
-from light_training.training.trainer import Trainer, TrainSettings  # noqa: E402
+from light_training.training.step import TrainSettings  # noqa: E402
+from light_training.training.trainer import Trainer  # noqa: E402
 
 device = "cuda:0"  # the GPU to check; "cpu": the same checks at small sizes
 precision = "auto"  # what training and prediction would ask for

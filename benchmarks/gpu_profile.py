@@ -38,10 +38,11 @@ from light_training.inference.prediction import (InferenceSettings, predict_ense
                                                  prepare_for_inference)
 from light_training.io import write_json  # noqa: E402
 from light_training.machine import describe_cpu  # noqa: E402
-from light_training.memory import GIB  # noqa: E402
-from light_training.runtime import (compile_for_inference, configure_backends, cpu_has_bf16,  # noqa: E402
-                                    resolve_device, resolve_precision)
-from light_training.training.trainer import Trainer, TrainSettings  # noqa: E402
+from light_training.memory.estimator import GIB  # noqa: E402
+from light_training.compilation import compile_for_inference  # noqa: E402
+from light_training.runtime import configure_backends, cpu_has_bf16, resolve_device, resolve_precision  # noqa: E402
+from light_training.training.step import TrainSettings  # noqa: E402
+from light_training.training.trainer import Trainer  # noqa: E402
 
 device = "auto"  # "auto": cuda:0 when there is one, else the CPU; "cpu": the same at small sizes
 preset = None  # model preset; None: "paper" on a GPU, "tiny" on the CPU

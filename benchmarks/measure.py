@@ -10,7 +10,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffunet.conv import pytorch_choice
-from light_training.memory import measure_cpu_peak
+from light_training.memory.live_bytes import measure_cpu_peak
 
 __all__ = ["sync", "timed", "matmul_peak", "flops_of", "peak_bytes", "held_bytes", "inherited", "fp32_math"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from light_training.runtime import compile_for_training
+from light_training.compilation import compile_for_training
 
 __all__ = ["KINDS", "kernel_kind", "kernel_records", "time_by_kind", "fp32_kernel_math", "Candidate",
            "TRAIN_CANDIDATES", "SAMPLE_CANDIDATES", "skip_reason", "has_regional_compile", "compile_training"]
@@ -138,7 +138,7 @@ SAMPLE_CANDIDATES = (
 
 
 def has_regional_compile() -> bool:
-    """Whether :func:`light_training.runtime.compile_for_training` takes ``regional=`` (issue 24, item 3)."""
+    """Whether :func:`light_training.compilation.compile_for_training` takes ``regional=`` (issue 24, item 3)."""
     return "regional" in inspect.signature(compile_for_training).parameters
 
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import is_fake
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from diffunet.boundary import boundary_target
 from diffunet.diffusion import T_MAX, LabelEmbedding, alpha_sigma, ddim_times, logsnr_cosine, noise_labels
@@ -76,8 +76,9 @@ class DiffUNet(nn.Module):
             raise ValueError(f"label must be (B, D, H, W) = {(image.shape[0], *image.shape[2:])}, "
                              f"got {tuple(label.shape)}")
         # the values are checked where reading them is free: not on a GPU, where it would stall every step
-        # (the trainer checks the host copy), nor on fake tensors (light_training.memory), which have none
-        if label.is_cuda or is_fake(label) or label.is_meta:
+        # (the trainer checks the host copy), nor on the meta device or under a dispatch mode that intercepts
+        # the ops (a tracer's or an op counter's), where they may not exist
+        if label.is_cuda or label.is_meta or is_in_torch_dispatch_mode():
             return
         lo, hi = torch.aminmax(label)
         if lo < 0 or hi >= self.num_classes:

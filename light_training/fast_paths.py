@@ -28,7 +28,7 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead")
 @dataclass(frozen=True)
 class FastPaths:
     """The fast paths of one stage: see the module docstring. ``cast_weights`` and ``compile_mode`` are
-    prediction's (training compiles through :func:`light_training.runtime.compile_for_training`)."""
+    prediction's (training compiles through :func:`light_training.compilation.compile_for_training`)."""
     channels_last: bool = False
     cast_weights: bool = False
     compile_mode: str = "default"

@@ -7,7 +7,8 @@ import torch
 from diffunet import DiffUNet, PlainUNet, build_network
 from light_training.checkpoint import build_model, load_checkpoint, save_checkpoint
 from light_training.inference.prediction import InferenceSettings, predict_volume
-from light_training.training.trainer import Trainer, TrainSettings
+from light_training.training.step import TrainSettings
+from light_training.training.trainer import Trainer
 
 CPU = torch.device("cpu")
 

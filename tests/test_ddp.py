@@ -6,7 +6,7 @@ from pathlib import Path
 
 from light_training.checkpoint import load_checkpoint
 from light_training.preprocessing.raw_cases import find_raw_cases
-from light_training.preprocessing.planning import plans_path, prepare_plans
+from light_training.planning.plans import plans_path, prepare_plans
 from light_training.preprocessing.preprocess import preprocess_dataset
 from light_training.synthetic.generate import generate_aiib2023
 

@@ -9,8 +9,8 @@ import torch
 
 from light_training.config import apply_overrides
 from light_training.inference.model_package import open_model
-from light_training.inference.postprocessing import Postprocessing, write_postprocessing
 from light_training.io import read_json, read_volume, write_volume
+from light_training.postprocessing import Postprocessing, write_postprocessing
 from light_training.stages.export import export
 from light_training.stages.predict import predict
 from light_training.stages.train import train

@@ -6,7 +6,8 @@ import torch
 
 import light_training.machine as machine
 from light_training.machine import cpu_bf16_units, cpu_has_amx, describe_cpu, onednn_isa_cap, threads_for_load
-from light_training.runtime import cpu_has_bf16, cpu_precision, resolve_precision, resolve_training_compile
+from light_training.compilation import resolve_training_compile
+from light_training.runtime import cpu_has_bf16, cpu_precision, resolve_precision
 
 # /proc/cpuinfo flags by oneDNN ISA level (the bf16-relevant ones), with CPUs that report them
 AVX512 = {"avx2", "avx512f", "avx512bw", "avx512vl", "avx512dq"}

@@ -15,9 +15,11 @@ import torch
 
 from diffunet import build_network
 from light_training.inference.prediction import InferenceSettings, predict_volume
-from light_training.memory import (LiveBytes, estimate_sampling_window, estimate_train_step, estimate_volume,
-                                   fit_problem, fits_on_card, measure_cpu_peak, sampling_window, sampling_window_setup,
-                                   train_step, train_step_setup)
+from light_training.memory.estimator import (estimate_sampling_window, estimate_train_step, estimate_volume,
+                                             sampling_window, sampling_window_setup, train_step, train_step_setup)
+from light_training.memory.fit import fit_problem, fits_on_card
+from light_training.memory.live_bytes import LiveBytes, measure_cpu_peak
+from light_training.training.step import TrainSettings
 
 
 def _bytes(tensors) -> int:
@@ -27,6 +29,16 @@ def _bytes(tensors) -> int:
 def _tiny(variant: str = "diffunet"):
     net = build_network(variant, 1, 3, preset="tiny")
     return type(net).__name__, net.config
+
+
+def test_the_estimate_runs_the_trainers_optimizer():
+    """The estimated step's optimizer is the trainer's (training.step.make_optimizer) with the given settings."""
+    model_class, config = _tiny()
+    settings = TrainSettings(lr=0.5, momentum=0.9, weight_decay=1e-4)
+    _, optimizer, _, _ = train_step_setup(model_class, config, (16, 16, 16), 1, settings=settings)
+    group = optimizer.param_groups[0]
+    assert isinstance(optimizer, torch.optim.SGD) and group["nesterov"] and group["foreach"]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.5, 0.9, 1e-4)
 
 
 @pytest.mark.parametrize("variant,patch,batch,precision", [

@@ -67,7 +67,8 @@ def test_bad_memory_options_are_refused():
 def test_accumulation_of_two_batches_of_one_is_their_mean_gradient(tmp_path):
     """2 x 1 accumulated = the mean of the two batches' gradients: the update of 2 GPUs x 1 under DDP (the
     soft Dice is nnU-Net's batch Dice, computed per micro-batch as it is per GPU)."""
-    from light_training.training.trainer import Trainer, TrainSettings
+    from light_training.training.step import TrainSettings
+    from light_training.training.trainer import Trainer
 
     image, label = _batch(2)
     halves = [{"image": image[i:i + 1], "label": label[i:i + 1]} for i in range(2)]

@@ -13,7 +13,7 @@ from diffunet.mba import MBA, affinity_fusion
 from diffunet.diffusion import logsnr_cosine
 from diffunet.pure import StepFusion, fuse_steps, normalized_entropy, pure_step_weight, pure_weights, weighted_mean
 from light_training.training.loss import diffunet_loss
-from light_training.training.trainer import dice_counts, dice_from_counts
+from light_training.training.validation import dice_counts, dice_from_counts
 
 ORIGINAL_PARAMETERS = 63_042_720  # DiffUNet(1, 2) of the original release
 

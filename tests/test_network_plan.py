@@ -1,8 +1,8 @@
-"""The network planner (light_training/preprocessing/network_plan.py) and the training step's memory checks
-(light_training/training/memory_check.py).
+"""The network planner (light_training/planning/network_plan.py) and the training step's memory checks
+(light_training/memory/fit.py).
 
 The rules are checked on three fingerprints with a stand-in estimator (1 GiB + 4,500 bytes per patch voxel:
-close to the paper network's slope, and instant); the real estimator (light_training/memory.py, the paper
+close to the paper network's slope, and instant); the real estimator (light_training/memory/estimator.py, the paper
 network on fake tensors) plans the three fingerprints of docs/own_dataset.md below, and the shipped example in
 tests/test_own_dataset.py. One real estimate takes about 1.7-2.7 s (Intel Xeon, Sapphire Rapids class, 2 cores,
 other processes running beside), and the three plans need 18: they are made once for this file.
@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from light_training.preprocessing.network_plan import network_topology, plan_network, planned_model_options
-from light_training.memory import GIB
-from light_training.training.memory_check import (check_gpu_memory, memory_verdict, over_budget_warning,
-                                                  settings_to_try)
+from light_training.planning.network_plan import describe_network, network_topology, plan_network, planned_model_options
+from light_training.memory.estimator import GIB
+from light_training.memory.fit import check_gpu_memory, memory_verdict, over_budget_warning, settings_to_try
 
 
 def linear_estimator(model_class, model_config, patch_size, batch_size, precision):
@@ -125,7 +124,7 @@ def test_topology_rules():
 def test_over_budget_warning_names_the_plan():
     network = plan_network((138, 170, 138), (1, 1, 1), 1, 2, 20, 100, linear_estimator)
     assert over_budget_warning(19 * GIB, network, [128] * 3, 2) is None
-    warning = over_budget_warning(30 * GIB, network, [160] * 3, 2)
+    warning = over_budget_warning(30 * GIB, network, [160] * 3, 2, describe_network(network))
     assert "30.0 GiB" in warning and "gpu_memory_target_gb=20" in warning and "patch [128, 128, 128] x batch 2" in warning
     assert over_budget_warning(30 * GIB, None, [160] * 3, 2) is None
 
@@ -196,7 +195,7 @@ def test_training_takes_the_plans_patch_and_batch(tmp_path):
 
 
 def test_the_network_is_in_the_plans_hash():
-    from light_training.preprocessing.planning import plans_hash
+    from light_training.planning.plans import plans_hash
 
     base = {"dataset": "example", "channel_names": ["MRI"], "labels": [0, 1], "normalization": ["ZScore"],
             "target_spacing": [4.0, 1.0, 1.0], "intensity_properties": [None], "resampling": {}}
@@ -210,7 +209,7 @@ def test_a_smaller_patch_gets_the_topology_the_plans_rules_derive_for_it():
     """Issue 23's thick-slice brain MRI (1 x 1 x 2.5 mm, about 66 x 217 x 173 voxels): the plan pools y and x
     five times, so its strides on a [32, 64, 64] patch would leave a 2 x 2 x 2 bottleneck."""
     from diffunet import network_from_config
-    from light_training.preprocessing.network_plan import network_for_patch
+    from light_training.planning.network_plan import network_for_patch
     from light_training.stages.train import build_training_network, training_topology
 
     network = plan_network((66, 217, 173), (2.5, 1.0, 1.0), 2, 4, 40, 8, linear_estimator)

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from diffunet import build_network
-from light_training.runtime import (PRECISIONS, announce_compile, backend_settings, compile_for_training,
-                                    configure_backends, cuda_fp32_math, cuda_precision, device_problem, fp32_math,
-                                    is_compiled, recompile_limit, resolve_device, resolve_precision,
-                                    training_compile_targets)
+from light_training.compilation import (announce_compile, compile_for_training, is_compiled, recompile_limit,
+                                        training_compile_targets)
+from light_training.runtime import (PRECISIONS, backend_settings, configure_backends, cuda_fp32_math, cuda_precision,
+                                    device_problem, fp32_math, resolve_device, resolve_precision)
 
 # (capability, examples): below 8.0 cuDNN has no bf16 convolutions
 OLD = [(6, 1), (7, 0), (7, 5)]  # P40/GTX 10xx, V100, T4/RTX 20xx/Quadro RTX 6000

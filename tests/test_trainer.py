@@ -17,11 +17,13 @@ from light_training.checkpoint import archive_previous_run, build_model, load_ch
 from light_training.training.dataloading import ValidationPatches
 from light_training.preprocessing.raw_cases import find_raw_cases
 from light_training.preprocessing.preprocess import list_cases, preprocess_dataset
-from light_training.preprocessing.planning import plans_path, prepare_plans
+from light_training.planning.plans import plans_path, prepare_plans
 from light_training.synthetic.generate import generate_aiib2023
 from light_training.training.monitor import summary_line
-from light_training.training.trainer import (SkippedStep, Trainer, TrainingStopped, TrainSettings, describe_patch,
-                                            dice_counts, dice_from_counts, pad_batch, skip_message, stop_message)
+from light_training.training.skips import SkippedStep, skip_message, stop_message
+from light_training.training.step import TrainSettings
+from light_training.training.trainer import Trainer, TrainingStopped, describe_patch
+from light_training.training.validation import dice_counts, dice_from_counts, pad_batch
 
 PATCH = [16, 16, 16]
 
@@ -176,7 +178,8 @@ def test_fp32_is_suggested_only_where_the_loss_held_and_the_gradient_did_not():
 BF16_ON_A_2x2x2_BOTTLENECK = """
 import json, tempfile, torch
 from diffunet import DiffUNet
-from light_training.training.trainer import Trainer, TrainSettings
+from light_training.training.step import TrainSettings
+from light_training.training.trainer import Trainer
 
 def run(precision):
     torch.manual_seed(0)

@@ -1,5 +1,5 @@
 """Choose the postprocessing on cross-validation (nnU-Net's ``determine_postprocessing``): keep only the largest
-connected component (:mod:`light_training.inference.postprocessing`) where that raises the mean Dice of the
+connected component (:mod:`light_training.postprocessing`) where that raises the mean Dice of the
 held-out predictions.
 
 The criterion is the mean Dice over the dataset's evaluated regions (its description's ``evaluate``: the
@@ -23,7 +23,7 @@ import numpy as np
 
 from light_training.evaluation.primitives import dice
 from light_training.evaluation.scoring import CasePair, evaluate_pairs
-from light_training.inference.postprocessing import Postprocessing, apply_postprocessing
+from light_training.postprocessing import Postprocessing, apply_postprocessing
 
 __all__ = ["candidate_rules", "candidates_dice", "decide_postprocessing", "determine_postprocessing"]
 

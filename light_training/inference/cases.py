@@ -18,9 +18,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from light_training.datasets import DatasetDescription
-from light_training.inference.postprocessing import Postprocessing
 from light_training.inference.prediction import save_prediction
+from light_training.inference.preview import preview_path, write_preview
 from light_training.inference.resume import write_record
+from light_training.postprocessing import Postprocessing
 from light_training.preprocessing.preprocess import load_case, preprocess_case
 from light_training.preprocessing.raw_cases import RawCase, read_raw_case
 
@@ -135,8 +136,6 @@ def export_case(job: ExportJob) -> str:
 
 def _write_preview(job: ExportJob) -> Path:
     """``<case>_preview.png`` on the preprocessed grid (the scan as the network saw it)."""
-    from light_training.inference.preview import preview_path, write_preview
-
     plans, case = job.plans, job.case
     values = np.asarray(plans["labels"], dtype=np.uint8)
     prediction = values[job.probabilities.argmax(0)]

@@ -21,9 +21,9 @@ from light_training.checkpoint import CHECKPOINT_NAMES, build_model, fold_logdir
 from light_training.datasets import load_dataset
 from light_training.inference.model_package import (check_plans, open_model, plans_difference,
                                                     read_member_checkpoint)
-from light_training.inference.postprocessing import Postprocessing, read_postprocessing
 from light_training.inference.resume import file_digest
 from light_training.io import read_json
+from light_training.postprocessing import Postprocessing, read_postprocessing
 
 __all__ = ["checkpoint_paths", "find_folds", "load_predictor", "predictor_from_checkpoint", "check_same_plans",
            "load_ensemble", "Models", "load_models"]

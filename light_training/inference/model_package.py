@@ -30,8 +30,8 @@ from typing import Any, Sequence
 
 from light_training import __version__
 from light_training.checkpoint import read_checkpoint
-from light_training.inference.postprocessing import POSTPROCESSING_FILE, Postprocessing
 from light_training.io import atomic_path
+from light_training.postprocessing import POSTPROCESSING_FILE, Postprocessing
 
 __all__ = ["MODEL_JSON", "FORMAT", "CROSSVAL_FOLDER", "ModelPackage", "plans_difference", "model_info",
            "export_model", "open_model", "check_plans", "read_member_checkpoint"]

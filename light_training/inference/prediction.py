@@ -22,12 +22,13 @@ from monai.inferers import SlidingWindowInferer
 
 from diffunet.pure import FUSIONS
 from diffunet.uncertainty import check_uncertainty, entropy_term, uncertainty_from_means
-from light_training.inference.postprocessing import Postprocessing, apply_postprocessing
 from light_training.io import Geometry, atomic_path, write_volume
+from light_training.postprocessing import Postprocessing, apply_postprocessing
 from light_training.runtime import autocast_context, resolve_precision, seed_everything
 from light_training.preprocessing.preprocess import restore_to_original
 
-__all__ = ["InferenceSettings", "prepare_for_inference", "predict_volume", "predict_ensemble", "save_prediction"]
+__all__ = ["InferenceSettings", "prepare_for_inference", "MirroredSampler", "predict_volume", "predict_ensemble",
+           "save_prediction"]
 
 
 @dataclass
@@ -74,7 +75,7 @@ def prepare_for_inference(model: torch.nn.Module, settings: InferenceSettings,
     return model
 
 
-class _MirroredSampler:
+class MirroredSampler:
     """The inferer's predictor: ``(N, C, *roi)`` windows -> averages over every mirror combination of
     ``mirror_axes`` of the fused probabilities ``(N, K, *roi)``, the member probabilities ``(N, K, *roi)``
     (not for "fused_entropy") and the entropy term ``(N, 1, *roi)`` of ``settings.uncertainty`` (not for
@@ -115,7 +116,7 @@ class _MirroredSampler:
 
 def _volume_sums(model: torch.nn.Module, image: torch.Tensor, settings: InferenceSettings,
                  device: torch.device, roi_weight_map: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-    """One model over ``image`` ``(C, Z, Y, X)``: the inferer's blended outputs of :class:`_MirroredSampler`,
+    """One model over ``image`` ``(C, Z, Y, X)``: the inferer's blended outputs of :class:`MirroredSampler`,
     each ``(1, ch, Z, Y, X)``, on the CPU when ``settings.buffers_on_cpu``, else on ``device``."""
     buffers = torch.device("cpu") if settings.buffers_on_cpu else device
     inferer = SlidingWindowInferer(roi_size=list(settings.patch_size), sw_batch_size=settings.sw_batch_size,
@@ -123,7 +124,7 @@ def _volume_sums(model: torch.nn.Module, image: torch.Tensor, settings: Inferenc
                                    cache_roi_weight_map=roi_weight_map is None, device=buffers, sw_device=device)
     if roi_weight_map is not None:  # the cache MONAI would have computed, given
         inferer.roi_weight_map = roi_weight_map
-    outputs = inferer(image[None].to(buffers), _MirroredSampler(model, settings, device))
+    outputs = inferer(image[None].to(buffers), MirroredSampler(model, settings, device))
     return outputs if isinstance(outputs, tuple) else (outputs,)
 
 
@@ -143,7 +144,7 @@ def predict_ensemble(members: Sequence[tuple[torch.nn.Module, InferenceSettings]
         members: ``(model in eval mode on device, settings)`` per model, all with the same classes.
         image: ``(C, Z, Y, X)`` preprocessed image (any size; smaller than a window is padded).
         roi_weight_map: the windows' Gaussian weights ``(1, 1, *patch)`` when already at hand; None: MONAI
-            computes them from values (light_training.memory passes shapes only).
+            computes them from values (the memory estimator passes shapes only).
     Returns:
         probabilities ``(K, Z, Y, X)`` float32 and the uncertainty map ``(Z, Y, X)`` float32 in [0, 1]
         (None when ``with_uncertainty`` is False), on ``device`` (on the CPU with ``buffers_on_cpu``).

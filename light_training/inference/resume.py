@@ -16,11 +16,9 @@ import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
-
 from light_training.io import read_json, write_json
 
-__all__ = ["RECORD_SUFFIX", "OUTPUT_SETTINGS", "case_part", "resolve_part", "rank_device", "file_digest",
+__all__ = ["RECORD_SUFFIX", "OUTPUT_SETTINGS", "case_part", "resolve_part", "file_digest",
            "run_fingerprint", "source_stamp", "case_outputs", "record_path", "is_done", "write_record"]
 
 RECORD_SUFFIX = "_record.json"
@@ -46,13 +44,6 @@ def resolve_part(num_parts: int, part_id: int, env: Mapping[str, str]) -> tuple[
     if world <= 1:
         return num_parts, part_id
     return num_parts * world, part_id * world + int(env["RANK"])
-
-
-def rank_device(device: torch.device, env: Mapping[str, str]) -> torch.device:
-    """``cuda:LOCAL_RANK`` for a CUDA ``device`` under torchrun (one GPU per rank), else ``device``."""
-    if device.type == "cuda" and int(env.get("WORLD_SIZE", "1")) > 1:
-        return torch.device("cuda", int(env.get("LOCAL_RANK", "0")))
-    return device
 
 
 def file_digest(path: str | Path) -> str:

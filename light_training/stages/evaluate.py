@@ -7,10 +7,13 @@ from typing import Any
 
 from light_training.datasets import DatasetDescription, load_dataset
 from light_training.evaluation.metric_sets import metric_for
+from light_training.evaluation.postprocessing import determine_postprocessing
+from light_training.evaluation.scoring import format_table, format_unscored, nifti_cases, pair_cases
+from light_training.evaluation.uncertainty import UNCERTAINTY_COLUMNS, evaluate_folder_with_uncertainty
 from light_training.inference.model_package import CROSSVAL_FOLDER
-from light_training.inference.postprocessing import write_postprocessing
 from light_training.inference.resume import RECORD_SUFFIX
 from light_training.io import atomic_path, read_json
+from light_training.postprocessing import write_postprocessing
 from light_training.preprocessing.raw_cases import find_label_files
 from light_training.stages import write_config
 
@@ -24,9 +27,6 @@ def evaluate(config: dict[str, Any], script: str) -> Any:
     table per region and the cases that could not be scored with the reason. With ``determine_postprocessing``
     (held-out predictions of a training run), chooses the postprocessing and writes it beside the run's folds.
     """
-    from light_training.evaluation.scoring import format_table, format_unscored, nifti_cases
-    from light_training.evaluation.uncertainty import UNCERTAINTY_COLUMNS, evaluate_folder_with_uncertainty
-
     c = config
     description = load_dataset(c["dataset"])
     if c["pred_dir"] is None:
@@ -80,9 +80,6 @@ def _determine(c: dict[str, Any], description: DatasetDescription, pred_dir: Pat
                result: Any) -> None:
     """Choose the postprocessing on these held-out predictions; write ``<logdir>/postprocessing.json`` and the
     tables to ``<logdir>/crossval/``."""
-    from light_training.evaluation.postprocessing import determine_postprocessing
-    from light_training.evaluation.scoring import nifti_cases, pair_cases
-
     logdir = _training_run(c["logdir"], pred_dir)
     predictions = nifti_cases(pred_dir)
     done = [case for case in predictions if (pred_dir / f"{case}{RECORD_SUFFIX}").is_file()

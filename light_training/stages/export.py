@@ -10,7 +10,7 @@ import torch
 from light_training.checkpoint import CHECKPOINT_NAMES
 from light_training.inference.ensemble import checkpoint_paths, find_folds, load_ensemble
 from light_training.inference.model_package import CROSSVAL_FOLDER, export_model, open_model
-from light_training.inference.postprocessing import read_postprocessing
+from light_training.postprocessing import read_postprocessing
 from light_training.stages import write_config
 
 __all__ = ["export"]

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from light_training.compilation import compile_for_inference
 from light_training.datasets import DatasetDescription, load_dataset
 from light_training.inference import resume
 from light_training.inference.cases import ExportJob, CaseInput, check_input, export_case, load_input, read_scan, \
@@ -34,10 +35,9 @@ from light_training.inference.pipeline import (PipelineError, WorkerPools, check
 from light_training.fast_paths import resolve_fast_paths
 from light_training.inference.prediction import InferenceSettings, prepare_for_inference
 from light_training.parallel import map_cases
-from light_training.preprocessing.planning import plans_path
+from light_training.planning.plans import plans_path
 from light_training.preprocessing.raw_cases import RawCase, find_raw_cases
-from light_training.runtime import (compile_for_inference, configure_backends, resolve_device, resolve_precision,
-                                    set_cpu_threads)
+from light_training.runtime import configure_backends, rank_device, resolve_device, resolve_precision, set_cpu_threads
 from light_training.stages import StageFailed, write_config
 from light_training.training.splits import held_out_cases
 
@@ -126,7 +126,7 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
     """
     c = config
     set_cpu_threads(c["num_threads"])
-    device = resume.rank_device(resolve_device(c["device"]), os.environ)
+    device = rank_device(resolve_device(c["device"]), os.environ)
     configure_backends(device, resolve_precision(c["precision"], device))  # cudnn.benchmark; TF32 only under bf16/fp16
     num_parts, part_id = resume.resolve_part(c["num_parts"], c["part_id"], os.environ)
     resume.case_part([], num_parts, part_id)  # checks the two constants before any work

@@ -5,8 +5,8 @@ from pathlib import Path
 from typing import Any
 
 from light_training.datasets import load_dataset
-from light_training.preprocessing.network_plan import describe_network
-from light_training.preprocessing.planning import plans_path, prepare_plans
+from light_training.planning.network_plan import describe_network
+from light_training.planning.plans import plans_path, prepare_plans
 from light_training.preprocessing.preprocess import preprocess_dataset
 from light_training.preprocessing.raw_cases import NIFTI_ENDINGS, find_raw_cases, layout_path
 from light_training.stages import write_config

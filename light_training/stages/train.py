@@ -4,22 +4,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from diffunet import set_memory_options
+from diffunet import build_network, set_memory_options
 from light_training.checkpoint import archive_previous_run, fold_logdir
+from light_training.compilation import (compile_for_training, inductor_cache_dir, resolve_training_compile,
+                                        training_compile_targets)
 from light_training.datasets import load_dataset
 from light_training.fast_paths import resolve_fast_paths
 from light_training.io import read_json
-from light_training.preprocessing.network_plan import describe_network, network_for_patch, planned_model_options
-from light_training.preprocessing.planning import plans_path
-from light_training.runtime import (cleanup_distributed, compile_for_training, configure_backends, inductor_cache_dir,
-                                    resolve_device, resolve_precision, resolve_training_compile, seed_everything,
-                                    set_cpu_threads, setup_distributed, training_compile_targets)
+from light_training.memory.fit import check_training_memory
+from light_training.planning.network_plan import describe_network, network_for_patch, planned_model_options
+from light_training.planning.plans import plans_path
+from light_training.runtime import (cleanup_distributed, configure_backends, resolve_device, resolve_precision,
+                                    seed_everything, set_cpu_threads, setup_distributed)
 from light_training.stages import StageFailed, write_config
 from light_training.training.augmentation import make_training_stream
 from light_training.training.dataloading import ValidationPatches
-from light_training.training.memory_check import check_gpu_memory, over_budget_warning, step_peak_bytes
 from light_training.training.splits import fold_cases
-from light_training.training.trainer import Trainer, TrainingStopped, TrainSettings
+from light_training.training.step import TrainSettings
+from light_training.training.trainer import Trainer, TrainingStopped
 
 __all__ = ["load_plans", "training_topology", "build_training_network", "patch_and_batch", "train"]
 
@@ -59,8 +61,6 @@ def build_training_network(config: dict[str, Any], plans: dict[str, Any]):
     """The network the constants ask for (``model_variant``, ``model_preset`` and the model options); with
     ``planned_network`` the per-stage strides and kernels of :func:`training_topology`, at ``model_preset``'s
     widths (the model's config, which every checkpoint carries, records them for prediction)."""
-    from diffunet import build_network
-
     network = training_topology(config, plans)
     shape = planned_model_options(network, config["model_preset"]) if network is not None else {}
     return build_network(config["model_variant"], len(plans["channel_names"]), plans["num_classes"],
@@ -90,25 +90,13 @@ def patch_and_batch(config: dict[str, Any], plans: dict[str, Any], model) -> tup
 
 def _check_memory(c: dict[str, Any], plans: dict[str, Any], model, patch: list[int], batch: int, device,
                   is_main: bool) -> None:
-    """Print the plan beside the settings; on a GPU, estimate the step's peak, warn when explicit settings
-    exceed the plan's memory target, and stop (:class:`StageFailed`) when the free memory is below it.
-    No estimate on the CPU (it takes seconds, and the target is a GPU's)."""
-    from diffunet.presets import total_strides
-
+    """The memory room's check before the loaders start (:func:`check_training_memory`); :class:`StageFailed`
+    when the step does not fit the GPU's free memory."""
     network = plans.get("network")
-    planned = network is not None and patch == network["patch_size"] and batch == network["batch_size"]
-    if is_main and network is not None and not (planned and c.get("planned_network")):
-        print(f"the plan for this dataset (--planned_network=True --patch_size=None --batch_size=None): "
-              f"{describe_network(network)}")
-    if device.type != "cuda":
-        return
-    options = {k: c.get(k) for k in ("mc_chunk", "checkpointing", "accumulate_steps")}
-    estimate = step_peak_bytes(model, resolve_precision(c["precision"], device))
-    if network is not None and not planned and is_main:
-        warning = over_budget_warning(estimate(patch, batch, options), network, patch, batch)
-        if warning:
-            print(warning)
-    stop = check_gpu_memory(device, estimate, patch, batch, total_strides(model.config["strides"]), options)
+    stop = check_training_memory(model, patch, batch, c["precision"],
+                                 {k: c.get(k) for k in ("mc_chunk", "checkpointing", "accumulate_steps")}, device,
+                                 network, describe_network(network) if network is not None else "",
+                                 bool(c.get("planned_network")), is_main)
     if stop:
         raise StageFailed(stop)
 

@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as torch_dist
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend state
 from matplotlib.figure import Figure
 from torch.utils.tensorboard import SummaryWriter
 
 from light_training.io import atomic_path
 
-__all__ = ["TrainingMonitor", "summary_line", "middle_slices"]
+__all__ = ["TrainingMonitor", "summary_line", "middle_slices", "epoch_scalars"]
 
 
 def middle_slices(image: np.ndarray, label: np.ndarray, prediction: np.ndarray,
@@ -126,3 +127,22 @@ class TrainingMonitor:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def epoch_scalars(sums: dict[str, torch.Tensor], done: int, skipped: int, data_time: float, loop_time: float,
+                  device: torch.device, world_size: int = 1) -> dict[str, float]:
+    """An epoch's ``train/<term>`` means from the loss terms' ``sums`` over ``done`` steps, ``steps/skipped``,
+    ``time/data_s`` (per rank) and ``time/data_wait_share`` (of ``loop_time``), summed over the ranks."""
+    keys = list(sums)  # the loss's own order; the same on every rank (steps are skipped together)
+    extra = torch.tensor([done, skipped, data_time, loop_time], dtype=torch.float64, device=device)
+    means = torch.cat([torch.stack([sums[k] for k in keys]).to(device), extra]) if keys else extra
+    if world_size > 1:
+        torch_dist.all_reduce(means)
+    means = means.tolist()  # the epoch's one read of the loss terms
+    total = max(means[len(keys)], 1.0)
+    result = {f"train/{k}": means[i] / total for i, k in enumerate(keys)}
+    result["steps/skipped"] = means[len(keys) + 1]
+    result["time/data_s"] = means[len(keys) + 2] / world_size
+    # the share of the steps' time spent waiting for the loader: near 0 when it keeps up
+    result["time/data_wait_share"] = means[len(keys) + 2] / max(means[len(keys) + 3], 1e-9)
+    return result

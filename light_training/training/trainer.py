@@ -15,7 +15,7 @@ import math
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -28,100 +28,16 @@ from tqdm import tqdm
 from diffunet.networks import network_from_config
 from diffunet.uncertainty import uncertainty_map
 from light_training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from light_training.runtime import (DistInfo, announce_compile, autocast_context, is_compiled, resolve_precision,
-                                    seed_everything)
+from light_training.compilation import announce_compile, is_compiled
+from light_training.runtime import DistInfo, autocast_context, resolve_precision, seed_everything
 from light_training.training.dataloading import ValidationPatches
-from light_training.training.loss import training_loss
-from light_training.training.monitor import TrainingMonitor, middle_slices, summary_line
+from light_training.training.monitor import TrainingMonitor, epoch_scalars, middle_slices, summary_line
+from light_training.training.skips import SkippedStep, diagnose, skip_message, stopped_message
+from light_training.training.step import (TrainSettings, all_finite, backward, check_label, clip_gradients,
+                                          forward_loss, make_grad_scaler, make_optimizer)
+from light_training.training.validation import dice_counts, pad_batch, validation_scalars
 
-__all__ = ["TrainSettings", "TrainingStopped", "Trainer", "SkippedStep", "skip_message", "stop_message",
-           "dice_counts", "dice_from_counts", "pad_batch", "describe_patch"]
-
-
-@dataclass
-class TrainSettings:
-    """The optimisation recipe (nnU-Net's, which the original Diff-UNet kept)."""
-    max_epoch: int = 1000
-    num_iterations_per_epoch: int = 250
-    batch_size: int = 2  # per process
-    val_every: int = 2  # validate every this many epochs (and after the last)
-    lr: float = 1e-2
-    momentum: float = 0.99  # SGD, Nesterov
-    weight_decay: float = 3e-5
-    poly_power: float = 0.9  # lr = lr0 * (1 - epoch / max_epoch) ** 0.9
-    grad_clip: float = 12.0  # max gradient norm
-    val_steps: int | None = None  # DDIM steps when validating; None: the model's own
-    max_consecutive_nonfinite: int = 5  # this many NaN/Inf steps in a row stop training
-    accumulate_steps: int = 1  # batches per optimizer step (gradients averaged): effective batch
-    #                            batch_size x accumulate_steps x GPUs
-    precision: str = "auto"  # "auto", "fp32", "bf16", "fp16" (light_training.runtime); fp16 uses a grad scaler
-    channels_last: bool = False  # weights and training batches in channels_last_3d (light_training.fast_paths);
-    #                              validation's patches take the weights' layout at the first convolution
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class SkippedStep:
-    """Why a step was skipped: whether its loss was finite, and the parameter holding the largest gradient
-    (``largest``: its largest |value|, inf where NaN or Inf; 0 and "" when no gradient was computed)."""
-    loss_finite: bool
-    parameter: str
-    largest: float
-
-
-def skip_message(skip: SkippedStep) -> str:
-    """What a skipped step's warning says about it."""
-    if not skip.loss_finite:
-        return "the loss was NaN/Inf"
-    return f"the loss was finite, the gradient was not (largest in {skip.parameter}: {skip.largest:.3g})"
-
-
-def stop_message(skips: Sequence[SkippedStep], precision: str) -> str:
-    """The advice when ``skips`` (the skipped steps in a row) stop training: the data, lr or inputs where a
-    loss was non-finite; ``precision="fp32"`` only where every loss was finite and the gradient was not under
-    a reduced ``precision`` (the forward pass held; only the backward failed)."""
-    lost = sum(not s.loss_finite for s in skips)
-    parameters = sorted({s.parameter for s in skips if s.loss_finite})
-    what = [f"the loss was NaN/Inf in {lost}"] if lost else []
-    if lost < len(skips):
-        what.append(f"the loss was finite and the gradient NaN/Inf in {len(skips) - lost} (largest in "
-                    f"{', '.join(parameters)})")
-    if lost:
-        advice = "Check the data (NaN in the preprocessed images?) or lower lr"
-    elif precision != "fp32":
-        advice = f"The {precision} backward failed where the forward held: try precision='fp32', or lower lr"
-    else:
-        advice = "Lower lr (or grad_clip), or check the data"
-    what = "; ".join(what)
-    return f"{what}. {advice}"
-
-
-def dice_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """True positives, false positives and false negatives of every foreground class: class maps ``pred``
-    and ``target`` (any equal shapes) -> (3, num_classes - 1) float64, on their device."""
-    counts = torch.zeros(3, num_classes - 1, dtype=torch.float64, device=pred.device)
-    for c in range(1, num_classes):
-        p, t = pred == c, target == c
-        counts[0, c - 1] = (p & t).sum()
-        counts[1, c - 1] = (p & ~t).sum()
-        counts[2, c - 1] = (~p & t).sum()
-    return counts
-
-
-def dice_from_counts(counts: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Dice 2 tp / (2 tp + fp + fn) per class from :func:`dice_counts` (summed over patches); NaN for a
-    class absent from both the target and the prediction."""
-    tp, fp, fn = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return 2 * tp / (2 * tp + fp + fn)
-
-
-def pad_batch(array: np.ndarray, size: int) -> np.ndarray:
-    """``array`` (N, ...) with its last item repeated up to ``size`` items (N <= size): a compiled model
-    then sees one batch size, not one graph more for a short last batch."""
-    if len(array) >= size:
-        return array
-    return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)])
+__all__ = ["TrainingStopped", "Trainer", "describe_patch"]
 
 
 def describe_patch(shape: Sequence[int]) -> str:
@@ -134,10 +50,6 @@ def _write_line(line: str) -> None:
     """A line on stdout, above the progress bar (which tqdm redraws), flushed: it shows in a log file at once."""
     tqdm.write(line)
     sys.stdout.flush()
-
-
-def _nanmean(values: np.ndarray) -> float:
-    return float(np.nanmean(values)) if np.any(np.isfinite(values)) else float("nan")
 
 
 class TrainingStopped(RuntimeError):
@@ -173,12 +85,11 @@ class Trainer:
         if dist.world_size > 1:
             self.net = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None,
                                                find_unused_parameters=find_unused_parameters)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=settings.lr, momentum=settings.momentum,
-                                         nesterov=True, weight_decay=settings.weight_decay)
+        self.optimizer = make_optimizer(self.model.parameters(), settings)
         # a closure reads self.settings, so a resumed run with a new max_epoch follows the new schedule
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda e: self._poly(e))
         self.precision = resolve_precision(settings.precision, device)  # "fp32", "bf16" or "fp16"
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision == "fp16")
+        self.scaler = make_grad_scaler(device, self.precision)
         self.start_epoch, self.best_dice = 0, -1.0
         self.nonfinite_in_a_row = 0  # skipped steps in a row, across epochs
         self.skips: list[SkippedStep] = []  # why each of them was skipped
@@ -251,7 +162,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ steps
     def _announce(self, kind: str, what: str) -> contextlib.AbstractContextManager:
-        """:func:`~light_training.runtime.announce_compile` around the first call of ``kind`` of a
+        """:func:`~light_training.compilation.announce_compile` around the first call of ``kind`` of a
         compiled model (rank 0); nothing otherwise."""
         first = self.compiled and self.dist.is_main and kind not in self._announced
         self._announced.add(kind)
@@ -260,37 +171,11 @@ class Trainer:
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.device, self.precision)
 
-    def _all_finite(self, *values: torch.Tensor) -> bool:
-        """True when every one of ``values`` is finite on every rank (all ranks must skip a step together).
-        The step's one read of a device value: it decides whether the optimizer may step."""
-        flag = torch.stack([torch.isfinite(v.detach()).all() for v in values]).all().float().reshape(1)
-        if self.dist.world_size > 1:
-            torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MIN)
-        return bool(flag.item() > 0)
-
-    def _diagnose(self, loss: torch.Tensor) -> SkippedStep:
-        """Why a step is skipped, from its loss and the unclipped gradients: one device read, made only on a
-        skipped step."""
-        named = [(n, p.grad) for n, p in self.model.named_parameters() if p.grad is not None]
-        peaks = [torch.nan_to_num(g.detach().abs().amax().float(), nan=math.inf, posinf=math.inf) for _, g in named]
-        values = torch.stack([torch.isfinite(loss.detach()).float(), *peaks]).tolist()
-        if not named:
-            return SkippedStep(values[0] > 0, "", 0.0)
-        top = int(np.argmax(values[1:]))
-        return SkippedStep(values[0] > 0, named[top][0], values[1 + top])
-
     def _to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         """A batch tensor on the device; through pinned memory on CUDA, so the copy does not block."""
         if self.device.type == "cuda":
             return tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor.to(self.device)
-
-    def _check_label(self, label: torch.Tensor) -> None:
-        """Class indices in [0, num_classes), checked on the host copy (no device read)."""
-        lo, hi = torch.aminmax(label)
-        if lo < 0 or hi >= self.model.num_classes:
-            raise ValueError(f"label values must be class indices in [0, {self.model.num_classes - 1}], "
-                             f"got range [{int(lo)}, {int(hi)}]")
 
     def train_step(self, batch: dict[str, Any] | Sequence[dict[str, Any]], epoch: int) -> dict[str, torch.Tensor] | None:
         """One optimisation step on ``batch`` (``image (B, C, *patch)`` float, ``label (B, *patch)`` class
@@ -304,39 +189,36 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, torch.Tensor] = {}
         for i, part in enumerate(micro):
-            self._check_label(part["label"])
+            check_label(part["label"], self.model.num_classes)
             image, label = self._to_device(part["image"]), self._to_device(part["label"]).long()
             image = image.contiguous(memory_format=self.layout)
             last = i == len(micro) - 1  # DDP all-reduces the gradients on the last micro-batch only
             sync = self.net.no_sync() if self.dist.world_size > 1 and not last else contextlib.nullcontext()
             with sync:
-                with self.autocast():
-                    output = self.net(image, label)
-                    terms = training_loss(output, label, epoch, self.settings.max_epoch)
-                del output
-                self.scaler.scale(terms["loss"] / len(micro)).backward()
+                terms = forward_loss(self.net, image, label, self.precision, epoch, self.settings.max_epoch)
+                backward(self.scaler, terms["loss"], len(micro))
             for k, v in terms.items():
                 v = v.detach().float() / len(micro)
                 totals[k] = v if k not in totals else totals[k] + v
         if self.scaler.is_enabled():
             # inf gradients are normal with fp16 (the scaler skips the step and lowers the scale); a
             # non-finite loss is not
-            if not self._all_finite(totals["loss"]):
-                self.last_skip = self._diagnose(totals["loss"])
+            if not all_finite([totals["loss"]], self.dist.world_size):
+                self.last_skip = diagnose(self.model, totals["loss"])
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+            clip_gradients(self.model.parameters(), self.settings)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             return totals
         parameters = [p for p in self.model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in parameters])
-        if not self._all_finite(totals["loss"], grad_norm):
-            self.last_skip = self._diagnose(totals["loss"])
+        if not all_finite([totals["loss"], grad_norm], self.dist.world_size):
+            self.last_skip = diagnose(self.model, totals["loss"])
             self.optimizer.zero_grad(set_to_none=True)
             return None
-        torch.nn.utils.clip_grads_with_norm_(parameters, self.settings.grad_clip, grad_norm)
+        clip_gradients(parameters, self.settings, grad_norm)
         self.optimizer.step()
         return totals
 
@@ -367,13 +249,8 @@ class Trainer:
                     warnings.warn(f"epoch {epoch + 1} step {step + 1}: {skip_message(self.last_skip)} "
                                   f"(cases {keys}); step skipped", RuntimeWarning, stacklevel=2)
                 if self.nonfinite_in_a_row >= s.max_consecutive_nonfinite:
-                    latest = self.checkpoint_dir / "latest.pt"
-                    kept = (f"the last good checkpoint, {latest} ({epoch} epochs done), is kept" if latest.is_file()
-                            else "no checkpoint had been written yet")
-                    raise TrainingStopped(
-                        f"{self.nonfinite_in_a_row} steps in a row were skipped (epoch {epoch + 1}): "
-                        f"{stop_message(self.skips, self.precision)}; then resume with resume=True. Training "
-                        f"stopped and {kept}")
+                    raise TrainingStopped(stopped_message(self.skips, self.precision, epoch,
+                                                          self.checkpoint_dir / "latest.pt"))
                 continue
             self.nonfinite_in_a_row, self.skips = 0, []
             done += 1
@@ -382,19 +259,7 @@ class Trainer:
             if step % self.LOSS_DISPLAY_EVERY == 0:
                 bar.set_postfix(loss=f"{float(terms['loss']):.4f}")
         loop_time = time.perf_counter() - loop_start
-        keys = list(sums)  # the loss's own order; the same on every rank (steps are skipped together)
-        extra = torch.tensor([done, skipped, data_time, loop_time], dtype=torch.float64, device=self.device)
-        means = torch.cat([torch.stack([sums[k] for k in keys]).to(self.device), extra]) if keys else extra
-        if self.dist.world_size > 1:
-            torch_dist.all_reduce(means)
-        means = means.tolist()  # the epoch's one read of the loss terms
-        total = max(means[len(keys)], 1.0)
-        result = {f"train/{k}": means[i] / total for i, k in enumerate(keys)}
-        result["steps/skipped"] = means[len(keys) + 1]
-        result["time/data_s"] = means[len(keys) + 2] / self.dist.world_size
-        # the share of the steps' time spent waiting for the loader: near 0 when it keeps up
-        result["time/data_wait_share"] = means[len(keys) + 2] / max(means[len(keys) + 3], 1e-9)
-        return result
+        return epoch_scalars(sums, done, skipped, data_time, loop_time, self.device, self.dist.world_size)
 
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
@@ -428,12 +293,7 @@ class Trainer:
         if self.dist.world_size > 1:
             torch_dist.all_reduce(counts)
         self.model.train()
-        dice = dice_from_counts(counts[0])
-        scalars = {f"val/dice_{name}": float(d) for name, d in zip(self.class_names, dice)}
-        scalars["val/pseudo_dice"] = _nanmean(dice)
-        if has_boundary:
-            scalars["val/boundary_dice"] = _nanmean(dice_from_counts(counts[1]))
-        return scalars, slices
+        return validation_scalars(counts, self.class_names, has_boundary), slices
 
     # ------------------------------------------------------------------ the run
     def fit(self, batches: Iterator[dict[str, Any]], validation: ValidationPatches) -> dict[str, Any]:

@@ -6,7 +6,7 @@ statistics) and what preprocessing does with it (target spacing, normalisation p
 orders and the anisotropy threshold): every value that changes the preprocessed arrays is read from
 the plan and is part of its hash. It holds the dataset description too, and so does every checkpoint.
 With a GPU memory target it holds the planned network as well (``"network"``: patch size, per-stage
-strides and kernels, batch size; :mod:`light_training.preprocessing.network_plan`), also in the hash.
+strides and kernels, batch size; :mod:`light_training.planning.network_plan`), also in the hash.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from light_training.parallel import map_cases
 from light_training.preprocessing.normalization import intensity_statistics
 from light_training.preprocessing.preprocess import case_seed, nonzero_bounding_box
 from light_training.datasets import DatasetDescription, as_description
-from light_training.preprocessing.network_plan import Estimator, plan_network
+from light_training.planning.network_plan import Estimator, plan_network
 from light_training.preprocessing.raw_cases import RawCase, read_raw_case
 from light_training.preprocessing.resampling import ANISOTROPY_THRESHOLD, shape_for_spacing
 
@@ -83,7 +83,7 @@ def plan_dataset(raw_cases: Sequence[RawCase], description: DatasetDescription |
     description): the median spacing of the dataset. Bad cases raise ``ValueError``, or with
     ``skip_bad_cases`` are left out and listed under ``"bad_cases"``. ``gpu_memory_target_gb``: plan the
     network for a training step of at most this many GiB (``estimator``: see
-    :func:`~light_training.preprocessing.network_plan.plan_network`); None: no ``"network"`` entry.
+    :func:`~light_training.planning.network_plan.plan_network`); None: no ``"network"`` entry.
     """
     description = as_description(description)
     dataset = description.name

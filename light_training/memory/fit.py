@@ -1,9 +1,10 @@
-"""Does the training step fit? The budget check of explicit settings and the GPU check before the loaders start.
+"""Does it fit? The fit rule of an estimated peak on a card, and the checks of a training run before it starts.
 
-Both estimate a step's peak with the memory estimator (:mod:`light_training.memory`, the real model on
-fake tensors). The decisions are pure functions of the numbers (:func:`over_budget_warning`,
+A step's peak comes from the estimator (:mod:`light_training.memory.estimator`, the real model on fake
+tensors). The decisions are pure functions of the numbers (:func:`fits_on_card`, :func:`over_budget_warning`,
 :func:`memory_verdict`, :func:`settings_to_try`), so a CPU test covers every branch a GPU takes; only
-:func:`check_gpu_memory` reads the device.
+:func:`check_gpu_memory` reads the device, and :func:`check_training_memory` is the training stage's one
+call before the loaders start.
 """
 from __future__ import annotations
 
@@ -12,11 +13,33 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from light_training.memory import GIB, fits_on_card
-from light_training.preprocessing.network_plan import describe_network
+from diffunet.presets import total_strides
+from light_training.memory.estimator import GIB, estimate_train_step
+from light_training.runtime import resolve_precision
 
-__all__ = ["StepEstimator", "step_peak_bytes", "over_budget_warning", "settings_to_try", "memory_verdict",
-           "check_gpu_memory"]
+__all__ = ["CUDA_RESERVED_GIB", "ALLOCATOR_MARGIN", "fits_on_card", "fit_problem", "StepEstimator", "step_peak_bytes",
+           "over_budget_warning", "settings_to_try", "memory_verdict", "check_gpu_memory", "check_training_memory"]
+
+CUDA_RESERVED_GIB = 1.0  # CUDA context, cuDNN/cuBLAS workspaces: not in an estimate
+ALLOCATOR_MARGIN = 0.10  # the caching allocator's rounding and fragmentation, as a share of the peak
+
+
+def fits_on_card(peak_bytes: int, card_gib: float, reserved_gib: float = CUDA_RESERVED_GIB,
+                 margin: float = ALLOCATOR_MARGIN) -> bool:
+    """Whether a step whose estimated peak is ``peak_bytes`` fits a GPU of ``card_gib`` GiB (a "24 GB"
+    card has 24 GiB): ``peak (1 + margin) + reserved <= card``."""
+    return peak_bytes * (1 + margin) / GIB + reserved_gib <= card_gib
+
+
+def fit_problem(peak_bytes: int, card_gib: float, reserved_gib: float = CUDA_RESERVED_GIB,
+                margin: float = ALLOCATOR_MARGIN) -> str | None:
+    """None when :func:`fits_on_card`, else why not, with the numbers (for a row that is skipped)."""
+    if fits_on_card(peak_bytes, card_gib, reserved_gib, margin):
+        return None
+    need = peak_bytes * (1 + margin) / GIB + reserved_gib
+    return (f"does not fit: estimated {peak_bytes / GIB:.1f} GiB + {margin:.0%} allocator + {reserved_gib:g} GiB "
+            f"context = {need:.1f} GiB > the card's {card_gib:.1f} GiB")
+
 
 # (patch_size, batch_size, memory options {"mc_chunk", "checkpointing"}) -> peak bytes of one training step
 StepEstimator = Callable[[Sequence[int], int, dict], int]
@@ -24,8 +47,6 @@ StepEstimator = Callable[[Sequence[int], int, dict], int]
 
 def step_peak_bytes(model: torch.nn.Module, precision: str) -> StepEstimator:
     """The estimator of ``model``'s training step in ``precision`` ("fp32", "bf16", "fp16"), cached."""
-    from light_training.memory import estimate_train_step  # torch's fake-tensor machinery: only when estimating
-
     cache: dict[tuple, int] = {}
 
     def estimate(patch_size: Sequence[int], batch_size: int, options: dict) -> int:
@@ -39,14 +60,15 @@ def step_peak_bytes(model: torch.nn.Module, precision: str) -> StepEstimator:
 
 
 def over_budget_warning(peak_bytes: int, network: dict[str, Any] | None, patch_size: Sequence[int],
-                        batch_size: int) -> str | None:
+                        batch_size: int, plan_line: str = "") -> str | None:
     """A warning when explicit ``patch_size`` x ``batch_size`` need more than the plan's GPU memory target
-    (``network``: the plan's ``"network"`` entry, None: nothing to compare with); else None."""
+    (``network``: the plan's ``"network"`` entry, None: nothing to compare with; ``plan_line``: the planner's
+    one line of it); else None."""
     if network is None or peak_bytes <= network["gpu_memory_target_gb"] * GIB:
         return None
     return (f"warning: patch {list(patch_size)} x batch {batch_size} needs {peak_bytes / GIB:.1f} GiB per step by the "
             f"estimator, over the plan's gpu_memory_target_gb={network['gpu_memory_target_gb']:g}; the plan: "
-            f"{describe_network(network)}")
+            f"{plan_line}")
 
 
 def settings_to_try(patch_size: Sequence[int], batch_size: int, total_stride: Sequence[int],
@@ -75,7 +97,7 @@ def settings_to_try(patch_size: Sequence[int], batch_size: int, total_stride: Se
 
 
 def _fits(peak_bytes: int, free_bytes: int) -> bool:
-    """The estimator's own rule (:func:`light_training.memory.fits_on_card`): the peak plus the allocator's
+    """The estimator's own rule (:func:`fits_on_card`): the peak plus the allocator's
     margin and the workspaces the estimate leaves out."""
     return fits_on_card(peak_bytes, free_bytes / GIB)
 
@@ -113,3 +135,27 @@ def check_gpu_memory(device: torch.device, estimate: StepEstimator, patch_size: 
         if sum(_fits(p, free) for _, p in tried) >= 3:
             break
     return memory_verdict(peak, free, tried)
+
+
+def check_training_memory(model: torch.nn.Module, patch_size: list[int], batch_size: int, precision: str,
+                          options: dict[str, Any], device: torch.device, network: dict[str, Any] | None = None,
+                          plan_line: str = "", planned_network: bool = False, is_main: bool = True) -> str | None:
+    """The training stage's check before the loaders start: print the plan (``network``, the plan's
+    ``"network"`` entry, and ``plan_line``, the planner's line of it) beside the settings unless they are the
+    plan's own with ``planned_network``; on a GPU, estimate the step's peak in ``precision`` (resolved
+    here) with the memory ``options`` (``mc_chunk``, ``checkpointing``, ``accumulate_steps``), warn when
+    explicit settings exceed the plan's memory target, and return the message that stops training
+    (:func:`check_gpu_memory`) when the free memory is below it; None otherwise. No estimate on the CPU (it
+    takes seconds, and the target is a GPU's)."""
+    planned = network is not None and patch_size == network["patch_size"] and batch_size == network["batch_size"]
+    if is_main and network is not None and not (planned and planned_network):
+        print(f"the plan for this dataset (--planned_network=True --patch_size=None --batch_size=None): {plan_line}")
+    if device.type != "cuda":
+        return None
+    estimate = step_peak_bytes(model, resolve_precision(precision, device))
+    if network is not None and not planned and is_main:
+        warning = over_budget_warning(estimate(patch_size, batch_size, options), network, patch_size, batch_size,
+                                      plan_line)
+        if warning:
+            print(warning)
+    return check_gpu_memory(device, estimate, patch_size, batch_size, total_strides(model.config["strides"]), options)

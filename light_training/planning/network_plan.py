@@ -9,7 +9,7 @@ nnU-Net's reasoning (Isensee et al. 2021, "nnU-Net", Methods: "rule-based parame
 - kernels: 3 along an axis whose spacing (at the stage's resolution) is within the factor 2 of the
   finest, else 1 (1x3x3 on the top stages of thick slices); once 3, an axis stays 3.
 - patch: the largest patch of the median image's aspect (after resampling) whose training step fits the
-  GPU memory target by the memory estimator (:func:`light_training.memory.estimate_train_step`, which
+  GPU memory target by the memory estimator (:func:`light_training.memory.estimator.estimate_train_step`, which
   runs the real model on fake tensors), floored to multiples of the total stride, so it never exceeds
   the median image. The search is a bisection over the scale, then one step more per axis: about a dozen
   estimates, each cached.
@@ -23,6 +23,9 @@ from __future__ import annotations
 
 import math
 from typing import Any, Callable, Sequence
+
+from diffunet.presets import preset_features
+from light_training.memory.estimator import estimate_train_step
 
 __all__ = ["MIN_FEATURE_MAP", "MAX_STAGES", "ANISOTROPY_FACTOR", "MIN_BATCH", "MAX_BATCH_SHARE", "PLAN_PRECISION",
            "Estimator", "network_topology", "round_patch", "planned_model_options", "real_estimator", "plan_network",
@@ -89,17 +92,13 @@ def round_patch(patch_size: Sequence[float], spacing: Sequence[float]) -> tuple[
 def planned_model_options(network: dict[str, Any], preset: str) -> dict[str, Any]:
     """The model options (``features``, ``strides``, ``kernel_size``) of a plan's ``network`` entry for
     ``preset``'s widths."""
-    from diffunet.presets import preset_features  # the model package only where a network is built
-
     return {"features": preset_features(preset, len(network["strides"])),
             "strides": [list(s) for s in network["strides"]], "kernel_size": [list(k) for k in network["kernel_sizes"]]}
 
 
 def real_estimator(model_class: str, model_config: dict, patch_size: Sequence[int], batch_size: int,
                    precision: str) -> int:
-    """Peak bytes of one training step by :func:`light_training.memory.estimate_train_step`."""
-    from light_training.memory import estimate_train_step
-
+    """Peak bytes of one training step by :func:`light_training.memory.estimator.estimate_train_step`."""
     return estimate_train_step(model_class, model_config, list(patch_size), batch_size, precision).peak_bytes
 
 
@@ -119,8 +118,6 @@ def plan_network(median_shape: Sequence[float], spacing: Sequence[float], in_cha
         ``[z, y, x]``), ``features`` (paper widths), ``estimated_peak_gib``, the inputs, and
         ``estimator_calls``. ``ValueError`` when not even the smallest patch fits the target.
     """
-    from diffunet.presets import preset_features
-
     estimator = estimator or real_estimator
     median = [max(1.0, float(s)) for s in median_shape]
     if len(median) != 3 or len(spacing) != 3 or min(spacing) <= 0:
@@ -202,8 +199,6 @@ def network_for_patch(network: dict[str, Any], patch_size: Sequence[int]) -> dic
         raise ValueError(f"patch_size={patch} differs from {plan}, whose spacing is not recorded, so no topology "
                          f"can be derived for it: run the preprocessing script again, set "
                          f"--patch_size={network['patch_size']}, or --planned_network=False")
-    from diffunet.presets import preset_features
-
     strides, kernels = network_topology(patch, network["spacing"])
     fitted = round_patch(patch, network["spacing"])[0]
     if fitted != patch:
