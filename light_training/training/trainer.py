@@ -152,20 +152,22 @@ class Trainer:
         model: the network (on any device; moved to ``device``).
         settings: the recipe; ``logdir``: logs and checkpoints.
         plans: the preprocessing plan (stored in every checkpoint, and gives the class names).
-        config: the training script's resolved constants (stored in every checkpoint).
+        checkpoint_config: the training script's resolved constants, only stored (every checkpoint's ``config``,
+            which prediction and export read); the trainer itself reads ``settings``.
         dist: this rank's :class:`DistInfo`; ``find_unused_parameters`` is passed to DDP.
     """
 
     LOSS_DISPLAY_EVERY = 10  # steps between the progress bar's reads of the loss (each a device sync)
 
     def __init__(self, model: torch.nn.Module, settings: TrainSettings, logdir: str | Path, plans: dict[str, Any],
-                 config: dict[str, Any], device: torch.device, dist: DistInfo = DistInfo(),
+                 checkpoint_config: dict[str, Any], device: torch.device, dist: DistInfo = DistInfo(),
                  find_unused_parameters: bool = False):
         steps = settings.accumulate_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"accumulate_steps={settings.accumulate_steps!r}: expected an int >= 1 "
                              f"(batches per optimizer step)")
-        self.settings, self.logdir, self.plans, self.config = settings, Path(logdir), plans, config
+        self.settings, self.logdir, self.plans = settings, Path(logdir), plans
+        self.checkpoint_config = checkpoint_config
         self.device, self.dist = device, dist
         self.layout = torch.channels_last_3d if settings.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=self.layout)
@@ -207,7 +209,7 @@ class Trainer:
     def state(self, epochs_done: int) -> dict[str, Any]:
         """The checkpoint dict after ``epochs_done`` epochs (tensors and plain values only)."""
         return {"model_class": type(self.model).__name__, "model_config": dict(self.model.config),
-                "model": self.model.state_dict(), "plans": self.plans, "config": self.config,
+                "model": self.model.state_dict(), "plans": self.plans, "config": self.checkpoint_config,
                 "settings": asdict(self.settings), "epoch": epochs_done, "best_dice": self.best_dice,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "grad_scaler": self.scaler.state_dict(), "rng": rng_state(), "history": self.history,
