@@ -26,8 +26,8 @@ import torch
 
 from light_training.datasets import DatasetDescription, load_dataset
 from light_training.inference import resume
-from light_training.inference.cases import ExportJob, CaseInput, check_input, export_case, load_input, read_scan, \
-    remove_stale_temporaries, take_checked_input
+from light_training.inference.cases import (CaseInput, CasePrediction, ExportRun, check_input, export_case, load_input,
+                                           read_scan, remove_stale_temporaries, take_checked_input)
 from light_training.inference.ensemble import load_models, load_predictor
 from light_training.inference.pipeline import (PipelineError, WorkerPools, check_all, default_workers,
                                                predict_with_fallback, run_pipeline)
@@ -181,7 +181,10 @@ def _predict_part(c: dict[str, Any], script: str, device: torch.device, num_part
         if c["torch_compile"] and todo:
             compile_for_inference(model, fast.compile_mode)
 
-    def network(case: CaseInput) -> ExportJob:
+    run = ExportRun(str(c["save_dir"]), c["save_probabilities"], c["save_uncertainty"], c["save_preview"], plans,
+                    description, fingerprint, rules)
+
+    def network(case: CaseInput) -> CasePrediction:
         for note in case.notes:
             print(f"warning: {case.name}: {note}")
         chosen, start = [members[i] for i in case_members[case.name]], time.perf_counter()
@@ -189,17 +192,14 @@ def _predict_part(c: dict[str, Any], script: str, device: torch.device, num_part
         probabilities = probabilities.cpu().numpy()  # the device's copies are freed here, before the next case
         uncertainty = None if uncertainty is None else uncertainty.cpu().numpy()
         seconds = {**case.seconds, "network": time.perf_counter() - start}  # .cpu(): synchronised
-        job = ExportJob(case, probabilities, uncertainty, plans, description, str(c["save_dir"]),
-                        c["save_probabilities"], c["save_uncertainty"], c["save_preview"], outputs[case.name],
-                        fingerprint, stamps[case.name],
-                        [str(paths[i]) for i in case_members[case.name]], notes, seconds, rules)
         if not c["save_preview"]:
-            job.case = dataclasses.replace(case, image=case.image[:0])  # the image is not sent to the writer
-        return job
+            case = dataclasses.replace(case, image=case.image[:0])  # the image is not sent to the writer
+        return CasePrediction(case, probabilities, uncertainty, outputs[case.name], stamps[case.name],
+                              [str(paths[i]) for i in case_members[case.name]], notes, seconds)
 
     try:
-        written, bad, failed = run_pipeline([(n, n) for n in todo], load, network, export_case,
-                                            skip_bad_input=c["skip_bad_cases"], pools=pools)
+        written, bad, failed = run_pipeline([(n, n) for n in todo], load, network,
+                                            functools.partial(export_case, run=run), skip_bad_input=c["skip_bad_cases"], pools=pools)
     except PipelineError as err:
         raise StageFailed(f"{err}\n(the cases written so far are kept; run again to predict the rest)") from None
     finally:
