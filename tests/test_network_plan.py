@@ -240,7 +240,8 @@ def test_a_smaller_patch_gets_the_topology_the_plans_rules_derive_for_it():
     model.check_patch_size([32, 64, 64])
     rebuilt = network_from_config("DiffUNet", model.config)  # what prediction does with a checkpoint's config
     assert rebuilt.config["strides"] == derived["strides"]
-    assert training_topology(_train_settings(**{**config, "patch_size": None}), plans) is network  # the plan's own patch: its topology
+    # the plan's own patch: its topology
+    assert training_topology(_train_settings(**{**config, "patch_size": None}), plans) is network
     assert network_for_patch(network, network["patch_size"]) is network
     with pytest.raises(ValueError, match=r"patch_size=\[36, 64, 64\].*set --patch_size=\[32, 64, 64\]"):
         training_topology(_train_settings(**{**config, "patch_size": [36, 64, 64]}), plans)

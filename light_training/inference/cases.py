@@ -24,7 +24,8 @@ from light_training.inference.resume import write_record
 from light_training.preprocessing.preprocess import load_case, preprocess_case
 from light_training.preprocessing.raw_cases import RawCase, read_raw_case
 
-__all__ = ["CaseInput", "ExportRun", "CasePrediction", "read_scan", "load_input", "check_input", "take_checked_input", "export_case",
+__all__ = ["CaseInput", "ExportRun", "CasePrediction", "read_scan", "load_input", "check_input", "take_checked_input",
+           "export_case",
            "remove_stale_temporaries"]
 
 

@@ -22,7 +22,8 @@ from light_training.training.memory_check import check_gpu_memory, over_budget_w
 from light_training.training.splits import fold_cases
 from light_training.training.trainer import Trainer, TrainingStopped, TrainSettings
 
-__all__ = ["TrainStageSettings", "load_plans", "training_topology", "build_training_network", "patch_and_batch", "train"]
+__all__ = ["TrainStageSettings", "load_plans", "training_topology", "build_training_network", "patch_and_batch",
+           "train"]
 
 
 @dataclass(frozen=True)
