@@ -25,8 +25,7 @@ from light_training.preprocessing.preprocess import load_case, preprocess_case
 from light_training.preprocessing.raw_cases import RawCase, read_raw_case
 
 __all__ = ["CaseInput", "ExportRun", "CasePrediction", "read_scan", "load_input", "check_input", "take_checked_input",
-           "export_case",
-           "remove_stale_temporaries"]
+           "export_case", "remove_stale_temporaries"]
 
 
 @dataclass
