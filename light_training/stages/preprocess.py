@@ -1,6 +1,7 @@
 """Preprocessing stages: rename raw files to a dataset's other layout, and plan + preprocess a raw dataset."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,29 @@ from light_training.preprocessing.network_plan import describe_network
 from light_training.preprocessing.planning import plans_path, prepare_plans
 from light_training.preprocessing.preprocess import preprocess_dataset
 from light_training.preprocessing.raw_cases import NIFTI_ENDINGS, find_raw_cases, layout_path
-from light_training.stages import write_config
+from light_training.stages import settings_from, write_config
 
-__all__ = ["preprocess", "rename"]
+__all__ = ["PreprocessSettings", "RenameSettings", "preprocess", "rename"]
 
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """The preprocessing script's constants (their comments say what each does)."""
+    dataset: str
+    raw_dir: str
+    output_dir: str
+    target_spacing: list[float] | None
+    gpu_memory_target_gb: float | None
+    num_processes: int
+    overwrite: bool
+    skip_bad_cases: bool
+
+
+@dataclass(frozen=True)
+class RenameSettings:
+    """The renaming script's constants."""
+    dataset: str
+    data_dir: str
 
 def preprocess(config: dict[str, Any], script: str) -> None:
     """Plan the raw dataset and preprocess every case.
@@ -21,15 +41,15 @@ def preprocess(config: dict[str, Any], script: str) -> None:
     (None: the description's; ``[]``: the median), ``gpu_memory_target_gb`` (the planned network's training
     step fits it), ``num_processes``, ``overwrite``, ``skip_bad_cases``.
     """
-    description = load_dataset(config["dataset"])
-    raw_dir, output_dir = Path(config["raw_dir"]), Path(config["output_dir"])
+    c = settings_from(PreprocessSettings, config)
+    description = load_dataset(c.dataset)
+    raw_dir, output_dir = Path(c.raw_dir), Path(c.output_dir)
     raw_cases = find_raw_cases(raw_dir, description)
     if not raw_cases:
         raise ValueError(f"{raw_dir}: no {description.name} case found (expected "
                          f"{' or '.join(description.raw_layout['images'])})")
-    plans = prepare_plans(plans_path(output_dir), raw_cases, description, config["target_spacing"],
-                          config["num_processes"], config["overwrite"], config["skip_bad_cases"],
-                          config["gpu_memory_target_gb"])
+    plans = prepare_plans(plans_path(output_dir), raw_cases, description, c.target_spacing, c.num_processes,
+                          c.overwrite, c.skip_bad_cases, c.gpu_memory_target_gb)
     print(f"plan: {plans_path(output_dir)} ({description.name}, target spacing {plans['target_spacing']}, "
           f"{plans['num_cases']} cases)")
     if plans.get("network"):
@@ -38,8 +58,7 @@ def preprocess(config: dict[str, Any], script: str) -> None:
     for case in empty:
         print(f"warning: {case}: its label has no foreground voxel; it is preprocessed, validation leaves it "
               f"out of the pseudo Dice, and the metrics list it as unscorable")
-    summary = preprocess_dataset(raw_cases, plans, output_dir, config["num_processes"], config["overwrite"],
-                                 config["skip_bad_cases"])
+    summary = preprocess_dataset(raw_cases, plans, output_dir, c.num_processes, c.overwrite, c.skip_bad_cases)
     write_config(config, script, output_dir)
     print(summary.report())
 
@@ -52,8 +71,9 @@ def rename(config: dict[str, Any], script: str) -> None:
     names of one file is an error naming it, found before anything is renamed. Constants: ``dataset``,
     ``data_dir``.
     """
-    description = load_dataset(config["dataset"])
-    root = Path(config["data_dir"])
+    c = settings_from(RenameSettings, config)
+    description = load_dataset(c.dataset)
+    root = Path(c.data_dir)
     layout = description.raw_layout
     if len(layout["images"]) < 2 or len(layout["labels"]) < 2:
         raise ValueError(f"{description.name}'s raw layout has one naming only: nothing to rename")
