@@ -15,6 +15,7 @@ import torch
 
 from light_training.preprocessing.network_plan import network_topology, plan_network, planned_model_options
 from light_training.memory import GIB
+from light_training.plans import Plans
 from light_training.training.memory_check import (check_gpu_memory, memory_verdict, over_budget_warning,
                                                   settings_to_try)
 
@@ -189,7 +190,7 @@ def test_training_takes_the_plans_patch_and_batch(tmp_path):
     from light_training.stages.train import build_training_network, patch_and_batch
 
     network = plan_network((24, 56, 44), (4.0, 1.0, 1.0), 1, 2, 20, 5, linear_estimator)
-    plans = {"dataset": "example", "channel_names": ["MRI"], "num_classes": 2, "network": network}
+    plans = Plans.from_json({"dataset": "example", "channel_names": ["MRI"], "num_classes": 2, "network": network})
     config = dict(model_variant="unet", model_preset="tiny", mba=True, mc_diff=True, boundary_target="boundary",
                   planned_network=True, patch_size=None, batch_size=None)
     model = build_training_network(_train_settings(**config), plans)
@@ -204,7 +205,7 @@ def test_training_takes_the_plans_patch_and_batch(tmp_path):
     with pytest.raises(ValueError, match="patch_size=None takes the plan's patch"):
         patch_and_batch(_train_settings(**{**config, "planned_network": False}), plans, paper)
     with pytest.raises(ValueError, match="holds no planned network"):
-        build_training_network(_train_settings(**config), {**plans, "network": None})
+        build_training_network(_train_settings(**config), Plans.from_json({**plans.to_json(), "network": None}))
 
 
 def test_the_network_is_in_the_plans_hash():
@@ -227,7 +228,8 @@ def test_a_smaller_patch_gets_the_topology_the_plans_rules_derive_for_it():
 
     network = plan_network((66, 217, 173), (2.5, 1.0, 1.0), 2, 4, 40, 8, linear_estimator)
     assert len(network["strides"]) == 6 and network["patch_size"][1] >= 128
-    plans = {"dataset": "example", "channel_names": ["T1", "FLAIR"], "num_classes": 4, "network": network}
+    plans = Plans.from_json({"dataset": "example", "channel_names": ["T1", "FLAIR"], "num_classes": 4,
+                             "network": network})
     config = dict(model_variant="diffunet", model_preset="tiny", mba=True, mc_diff=True, boundary_target="boundary",
                   planned_network=True, patch_size=[32, 64, 64], batch_size=2)
     derived = training_topology(_train_settings(**config), plans)
@@ -246,4 +248,5 @@ def test_a_smaller_patch_gets_the_topology_the_plans_rules_derive_for_it():
     with pytest.raises(ValueError, match=r"patch_size=\[36, 64, 64\].*set --patch_size=\[32, 64, 64\]"):
         training_topology(_train_settings(**{**config, "patch_size": [36, 64, 64]}), plans)
     with pytest.raises(ValueError, match="spacing is not recorded.*--planned_network=False"):
-        training_topology(_train_settings(**config), {**plans, "network": {**network, "spacing": None}})
+        training_topology(_train_settings(**config), Plans.from_json({**plans.to_json(),
+                                                                       "network": {**network, "spacing": None}}))

@@ -11,6 +11,7 @@ from light_training.datasets import load_dataset
 from light_training.fast_paths import resolve_fast_paths
 from light_training.io import read_json
 from light_training.preprocessing.network_plan import describe_network, network_for_patch, planned_model_options
+from light_training.plans import NetworkPlan, Plans
 from light_training.preprocessing.planning import plans_path
 from light_training.runtime import (cleanup_distributed, compile_for_training, configure_backends, inductor_cache_dir,
                                     resolve_device, resolve_precision, resolve_training_compile, seed_everything,
@@ -68,38 +69,38 @@ class TrainStageSettings:
                              f"patches, in [0, 1]")
 
 
-def load_plans(data_dir: str | Path, dataset: str) -> dict[str, Any]:
+def load_plans(data_dir: str | Path, dataset: str) -> Plans:
     """The plan of the preprocessed cases in ``data_dir``; ``ValueError`` when it is missing or of another dataset."""
     path = plans_path(data_dir)
     if not path.is_file():
         raise ValueError(f"{path} not found: run the preprocessing script of this chain first, or point "
                          f"--data_dir at its output")
-    plans = read_json(path)
+    plans = Plans.from_json(read_json(path))
     expected = load_dataset(dataset).name
-    if plans.get("dataset") != expected:
-        raise ValueError(f"{path} is a {plans.get('dataset')!r} plan, this script works on {expected!r}")
+    if plans.dataset != expected:
+        raise ValueError(f"{path} is a {plans.dataset!r} plan, this script works on {expected!r}")
     return plans
 
 
-def _planned_network(plans: dict[str, Any], wanted: str) -> dict[str, Any]:
-    if not plans.get("network"):
-        raise ValueError(f"the plan of {plans.get('dataset')!r} holds no planned network ({wanted}): run the "
+def _planned_network(plans: Plans, wanted: str) -> NetworkPlan:
+    if plans.network is None:
+        raise ValueError(f"the plan of {plans.dataset!r} holds no planned network ({wanted}): run the "
                          f"preprocessing script again (it plans one for its gpu_memory_target_gb), or set the value")
-    return plans["network"]
+    return plans.network
 
 
-def training_topology(settings: TrainStageSettings, plans: dict[str, Any]) -> dict[str, Any] | None:
+def training_topology(settings: TrainStageSettings, plans: Plans) -> dict[str, Any] | None:
     """With ``planned_network``, the plan's ``network`` entry for the training patch: the plan's own, or
     for a ``patch_size`` of the constants that differs from the plan's, the strides and stages the plan's
     rules derive for that patch (:func:`network_for_patch`: a smaller patch keeps every feature map >= 4
     voxels per axis). None without ``planned_network``."""
     if not settings.planned_network:
         return None
-    network = _planned_network(plans, "planned_network=True")
+    network = _planned_network(plans, "planned_network=True").to_json()
     return network if settings.patch_size is None else network_for_patch(network, settings.patch_size)
 
 
-def build_training_network(settings: TrainStageSettings, plans: dict[str, Any]):
+def build_training_network(settings: TrainStageSettings, plans: Plans):
     """The network the constants ask for (``model_variant``, ``model_preset`` and the model options); with
     ``planned_network`` the per-stage strides and kernels of :func:`training_topology`, at ``model_preset``'s
     widths (the model's config, which every checkpoint carries, records them for prediction)."""
@@ -108,18 +109,18 @@ def build_training_network(settings: TrainStageSettings, plans: dict[str, Any]):
     s = settings
     network = training_topology(s, plans)
     shape = planned_model_options(network, s.model_preset) if network is not None else {}
-    return build_network(s.model_variant, len(plans["channel_names"]), plans["num_classes"], preset=s.model_preset,
+    return build_network(s.model_variant, len(plans.channel_names), plans.num_classes, preset=s.model_preset,
                          mba=s.mba, mc_diff=s.mc_diff, boundary_target=s.boundary_target, **shape)
 
 
-def patch_and_batch(settings: TrainStageSettings, plans: dict[str, Any], model) -> tuple[list[int], int]:
+def patch_and_batch(settings: TrainStageSettings, plans: Plans, model) -> tuple[list[int], int]:
     """``patch_size`` and ``batch_size`` of the constants, the plan's where they are None; ``ValueError``
     when the network cannot divide the patch."""
     patch, batch = settings.patch_size, settings.batch_size
     if patch is None:
-        patch = _planned_network(plans, "patch_size=None")["patch_size"]
+        patch = _planned_network(plans, "patch_size=None").patch_size
     if batch is None:
-        batch = _planned_network(plans, "batch_size=None")["batch_size"]
+        batch = _planned_network(plans, "batch_size=None").batch_size
     try:
         model.check_patch_size(patch)
     except ValueError as err:
@@ -181,7 +182,7 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
                   f"{derived['strides']}, kernels {derived['kernel_sizes']}; every feature map >= 4 voxels per axis)")
         set_memory_options(model, mc_chunk=s.mc_chunk, checkpointing=s.checkpointing)
         patch, batch = patch_and_batch(s, plans, model)
-        _check_memory(c, plans, model, patch, batch, device, dist.is_main)
+        _check_memory(c, plans.to_json(), model, patch, batch, device, dist.is_main)
         c = {**c, "patch_size": patch, "batch_size": batch}  # resolved: the checkpoint's config tells prediction
         if resolve_training_compile(s.torch_compile, device):
             compile_for_training(model, s.compile_regional)

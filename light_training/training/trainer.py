@@ -28,6 +28,7 @@ from tqdm import tqdm
 from diffunet.networks import network_from_config
 from diffunet.uncertainty import uncertainty_map
 from light_training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from light_training.plans import Plans
 from light_training.runtime import (DistInfo, announce_compile, autocast_context, is_compiled, resolve_precision,
                                     seed_everything)
 from light_training.training.dataloading import ValidationPatches
@@ -151,7 +152,8 @@ class Trainer:
     Args:
         model: the network (on any device; moved to ``device``).
         settings: the recipe; ``logdir``: logs and checkpoints.
-        plans: the preprocessing plan (stored in every checkpoint, and gives the class names).
+        plans: the preprocessing plan (stored in every checkpoint as read, and gives the class names); None:
+            none (``{}`` stored, classes named ``class_<k>``).
         checkpoint_config: the training script's resolved constants, only stored (every checkpoint's ``config``,
             which prediction and export read); the trainer itself reads ``settings``.
         dist: this rank's :class:`DistInfo`; ``find_unused_parameters`` is passed to DDP.
@@ -159,7 +161,7 @@ class Trainer:
 
     LOSS_DISPLAY_EVERY = 10  # steps between the progress bar's reads of the loss (each a device sync)
 
-    def __init__(self, model: torch.nn.Module, settings: TrainSettings, logdir: str | Path, plans: dict[str, Any],
+    def __init__(self, model: torch.nn.Module, settings: TrainSettings, logdir: str | Path, plans: Plans | None,
                  checkpoint_config: dict[str, Any], device: torch.device, dist: DistInfo = DistInfo(),
                  find_unused_parameters: bool = False):
         steps = settings.accumulate_steps
@@ -189,7 +191,7 @@ class Trainer:
         self._restored_rng: dict[str, Any] | None = None
         self.compiled = is_compiled(self.model)  # then the first step and the first validation say so
         self._announced: set[str] = set()
-        names = list(plans.get("label_names") or [f"class_{k}" for k in range(self.model.num_classes)])
+        names = list((plans and plans.label_names) or [f"class_{k}" for k in range(self.model.num_classes)])
         self.class_names = names[1:self.model.num_classes]
 
     def _poly(self, epoch: int) -> float:
@@ -209,7 +211,7 @@ class Trainer:
     def state(self, epochs_done: int) -> dict[str, Any]:
         """The checkpoint dict after ``epochs_done`` epochs (tensors and plain values only)."""
         return {"model_class": type(self.model).__name__, "model_config": dict(self.model.config),
-                "model": self.model.state_dict(), "plans": self.plans, "config": self.checkpoint_config,
+                "model": self.model.state_dict(), "plans": {} if self.plans is None else self.plans.to_json(), "config": self.checkpoint_config,
                 "settings": asdict(self.settings), "epoch": epochs_done, "best_dice": self.best_dice,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "grad_scaler": self.scaler.state_dict(), "rng": rng_state(), "history": self.history,
