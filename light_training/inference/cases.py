@@ -21,6 +21,7 @@ from light_training.datasets import DatasetDescription
 from light_training.inference.postprocessing import Postprocessing
 from light_training.inference.prediction import save_prediction
 from light_training.inference.resume import write_record
+from light_training.plans import Plans
 from light_training.preprocessing.preprocess import load_case, preprocess_case
 from light_training.preprocessing.raw_cases import RawCase, read_raw_case
 
@@ -51,7 +52,7 @@ class ExportRun:
     save_probabilities: bool
     save_uncertainty: bool
     save_preview: bool
-    plans: dict[str, Any]
+    plans: Plans
     description: DatasetDescription
     fingerprint: str
     postprocessing: Postprocessing | None = None
@@ -81,14 +82,14 @@ def read_scan(raw: RawCase, description: DatasetDescription, nonfinite: str) -> 
     return image, geometry, [str(w.message) for w in caught]
 
 
-def load_input(name: str, raw: RawCase | None, description: DatasetDescription, plans: dict[str, Any],
+def load_input(name: str, raw: RawCase | None, description: DatasetDescription, plans: Plans,
                nonfinite: str, data_dir: str | None) -> CaseInput:
     """A raw scan read once, checked and preprocessed (``raw`` given), or a preprocessed case of
     ``data_dir`` (held-out mode)."""
     start = time.perf_counter()
     if raw is not None:
         image, geometry, notes = read_scan(raw, description, nonfinite)
-        image, _, properties = preprocess_case(image, geometry, None, plans, case=name)
+        image, _, properties = preprocess_case(image, geometry, None, plans.to_json(), case=name)
         image, label = np.asarray(image, dtype=np.float32), None
     else:
         image, label, properties = load_case(data_dir, name)  # read-only memory maps: copied
@@ -100,7 +101,7 @@ def _checked_paths(folder: str | Path, name: str) -> tuple[Path, Path]:
     return Path(folder) / f"{name}_image.npy", Path(folder) / f"{name}_input.pkl"
 
 
-def check_input(item: tuple[str, RawCase], description: DatasetDescription, plans: dict[str, Any], nonfinite: str,
+def check_input(item: tuple[str, RawCase], description: DatasetDescription, plans: Plans, nonfinite: str,
                 folder: str | Path) -> float:
     """Read, check and preprocess the scan of ``item`` = ``(name, raw)`` once (:func:`load_input`) and leave the
     result in ``folder`` for :func:`take_checked_input`; the seconds it took. ValueError names the file and
@@ -130,7 +131,7 @@ def take_checked_input(name: str, folder: str | Path) -> CaseInput:
 def export_case(prediction: CasePrediction, run: ExportRun) -> str:
     """Restore ``prediction`` onto the source grid, write its files and then its record; the case."""
     case, start = prediction.case, time.perf_counter()
-    save_prediction(prediction.probabilities, prediction.uncertainty, case.properties, run.plans["labels"],
+    save_prediction(prediction.probabilities, prediction.uncertainty, case.properties, run.plans.labels,
                     run.save_dir, run.save_probabilities, run.save_uncertainty, run.postprocessing)
     if run.save_preview:
         _write_preview(prediction, run)
@@ -146,12 +147,12 @@ def _write_preview(prediction: CasePrediction, run: ExportRun) -> Path:
     from light_training.inference.preview import preview_path, write_preview
 
     plans, case = run.plans, prediction.case
-    values = np.asarray(plans["labels"], dtype=np.uint8)
+    values = np.asarray(plans.labels, dtype=np.uint8)
     prediction_map = values[prediction.probabilities.argmax(0)]
     return write_preview(preview_path(run.save_dir, case.name), case.image, prediction_map,
                          uncertainty=prediction.uncertainty,
                          ground_truth=None if case.label is None else values[np.asarray(case.label)],
-                         spacing=plans["target_spacing"], label_names=dict(zip(plans["labels"], plans["label_names"])),
+                         spacing=plans.target_spacing, label_names=dict(zip(plans.labels, plans.label_names)),
                          airway_mip=run.description.metrics == "aiib2023")
 
 

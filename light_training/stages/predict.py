@@ -35,6 +35,7 @@ from light_training.inference.pipeline import (PipelineError, WorkerPools, check
 from light_training.fast_paths import resolve_fast_paths
 from light_training.inference.prediction import InferenceSettings, prepare_for_inference
 from light_training.parallel import map_cases
+from light_training.plans import Plans
 from light_training.preprocessing.planning import plans_path
 from light_training.preprocessing.raw_cases import RawCase, find_raw_cases
 from light_training.runtime import (compile_for_inference, configure_backends, resolve_device, resolve_precision,
@@ -135,7 +136,7 @@ def _find_cases(c: PredictStageSettings, description: DatasetDescription, checkp
 
 
 def _check_first(c: PredictStageSettings, todo: list[str], sources: dict[str, RawCase | None],
-                 description: DatasetDescription, plans: dict[str, Any], folder: Path, pools: WorkerPools) -> float:
+                 description: DatasetDescription, plans: Plans, folder: Path, pools: WorkerPools) -> float:
     """With ``skip_bad_cases=False``: every scan to predict read, checked and preprocessed before any work (in
     the loading workers), all problems at once; the results wait in ``folder`` for the network (each scan is
     read once). The seconds it took."""
@@ -188,8 +189,8 @@ def _predict_part(c: PredictStageSettings, constants: dict[str, Any], script: st
     models = load_models(c.model, c.checkpoint, c.folds, c.logdir, c.checkpoint_name, c.dataset,
                          device, None if c.input_dir else plans_path(c.data_dir), c.postprocessing)
     loaded, paths, rules = models.members, models.sources, models.postprocessing
-    plans = loaded[0][1]["plans"]
-    description = load_dataset(plans["description"])
+    plans = Plans.from_json(loaded[0][1]["plans"])
+    description = load_dataset(plans.description)
     sources, case_members = _find_cases(c, description, [ckpt for _, ckpt in loaded])
     mine = resume.case_part(list(sources), num_parts, part_id)
     fingerprint = resume.run_fingerprint(models.digests, {**constants, "postprocessing": rules and rules.rules()})
@@ -262,6 +263,6 @@ def _predict_part(c: PredictStageSettings, constants: dict[str, Any], script: st
     return [Path(c.save_dir) / f"{n}.nii.gz" for n in written]
 
 
-def _load(name: str, sources: dict[str, RawCase | None], description: DatasetDescription, plans: dict[str, Any],
+def _load(name: str, sources: dict[str, RawCase | None], description: DatasetDescription, plans: Plans,
           nonfinite: str, data_dir: str | None) -> CaseInput:
     return load_input(name, sources[name], description, plans, nonfinite, data_dir)
