@@ -176,8 +176,7 @@ def test_check_gpu_memory_estimates_the_alternatives_only_when_needed():
 
 def _train_settings(**constants):
     """The training script's settings with ``constants`` in place of its own."""
-    from light_training.config import find_constants
-    from light_training.stages import settings_from
+    from light_training.config import find_constants, settings_from
     from light_training.stages.train import TrainStageSettings
 
     script = Path(__file__).resolve().parents[1] / "2_train_diffunet_aiib2023.py"

@@ -257,9 +257,8 @@ def test_torchrun_ranks_split_the_folder(scans, repo_root, tmp_path):
 def test_held_out_mode_gives_each_case_the_model_that_did_not_see_it(tmp_path, repo_root):
     from test_ddp import preprocessed_synthetic
 
-    from light_training.config import apply_overrides
+    from light_training.config import apply_overrides, settings_from
     from light_training.datasets import load_dataset
-    from light_training.stages import settings_from
     from light_training.stages.predict import PredictStageSettings, _find_cases
     from light_training.training.splits import fold_cases
 

@@ -17,27 +17,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from dataclasses import fields
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable
 
 from light_training.config import apply_overrides
 from light_training.io import write_json
 
-__all__ = ["Stage", "StageFailed", "run", "settings_from", "write_config", "run_script", "load_average"]
+__all__ = ["Stage", "StageFailed", "run", "write_config", "run_script", "load_average"]
 
 Stage = Callable[[dict[str, Any], str], Any]
-Settings = TypeVar("Settings")
 
 
 class StageFailed(RuntimeError):
     """A stage could not finish; the message says why and what was kept."""
-
-
-def settings_from(cls: type[Settings], constants: Mapping[str, Any]) -> Settings:
-    """A stage's settings ``cls`` (a dataclass that validates itself) built once from the script's resolved
-    constants: each field takes the constant of its name, its default where the script has none."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{name: value for name, value in constants.items() if name in names})
 
 
 def write_config(config: dict[str, Any], script: str, folder: str | Path, stem: str | None = None) -> Path:

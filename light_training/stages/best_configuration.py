@@ -17,7 +17,8 @@ from light_training.inference.ensemble import checkpoint_paths
 from light_training.inference.resume import OUTPUT_SETTINGS
 from light_training.io import read_json, write_json
 from light_training.preprocessing.raw_cases import find_label_files
-from light_training.stages import settings_from, write_config
+from light_training.config import settings_from
+from light_training.stages import write_config
 from light_training.evaluation.metric_sets import metric_for
 
 __all__ = ["BestConfigurationSettings", "predict_command", "find_best_configuration"]

@@ -11,7 +11,7 @@ import torch
 
 from light_training.checkpoint import save_checkpoint
 from light_training.release import RELEASE_INFERENCE, release_checkpoint
-from light_training.stages import settings_from
+from light_training.config import settings_from
 
 __all__ = ["ConvertSettings", "convert_release"]
 

@@ -13,7 +13,8 @@ from light_training.inference.postprocessing import write_postprocessing
 from light_training.inference.resume import RECORD_SUFFIX
 from light_training.io import atomic_path, read_json
 from light_training.preprocessing.raw_cases import find_label_files
-from light_training.stages import settings_from, write_config
+from light_training.config import settings_from
+from light_training.stages import write_config
 
 __all__ = ["EvaluateStageSettings", "evaluate"]
 

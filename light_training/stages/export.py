@@ -12,7 +12,8 @@ from light_training.checkpoint import CHECKPOINT_NAMES
 from light_training.inference.ensemble import checkpoint_paths, find_folds, load_ensemble
 from light_training.inference.model_package import CROSSVAL_FOLDER, export_model, open_model
 from light_training.inference.postprocessing import read_postprocessing
-from light_training.stages import settings_from, write_config
+from light_training.config import settings_from
+from light_training.stages import write_config
 
 __all__ = ["ExportStageSettings", "export"]
 

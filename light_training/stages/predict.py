@@ -40,7 +40,8 @@ from light_training.preprocessing.planning import plans_path
 from light_training.preprocessing.raw_cases import RawCase, find_raw_cases
 from light_training.runtime import (compile_for_inference, configure_backends, resolve_device, resolve_precision,
                                     set_cpu_threads)
-from light_training.stages import StageFailed, settings_from, write_config
+from light_training.config import settings_from
+from light_training.stages import StageFailed, write_config
 from light_training.training.splits import held_out_cases
 
 __all__ = ["NONFINITE_POLICIES", "PredictStageSettings", "load_predictor", "check_scans", "predict"]

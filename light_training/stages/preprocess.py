@@ -10,7 +10,8 @@ from light_training.preprocessing.network_plan import describe_network
 from light_training.preprocessing.planning import plans_path, prepare_plans
 from light_training.preprocessing.preprocess import preprocess_dataset
 from light_training.preprocessing.raw_cases import NIFTI_ENDINGS, find_raw_cases, layout_path
-from light_training.stages import settings_from, write_config
+from light_training.config import settings_from
+from light_training.stages import write_config
 
 __all__ = ["PreprocessSettings", "RenameSettings", "preprocess", "rename"]
 

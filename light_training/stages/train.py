@@ -16,7 +16,8 @@ from light_training.preprocessing.planning import plans_path
 from light_training.runtime import (cleanup_distributed, compile_for_training, configure_backends, inductor_cache_dir,
                                     resolve_device, resolve_precision, resolve_training_compile, seed_everything,
                                     set_cpu_threads, setup_distributed, training_compile_targets)
-from light_training.stages import StageFailed, settings_from, write_config
+from light_training.config import settings_from
+from light_training.stages import StageFailed, write_config
 from light_training.training.augmentation import make_training_stream
 from light_training.training.dataloading import ValidationPatches
 from light_training.training.memory_check import check_gpu_memory, over_budget_warning, step_peak_bytes
