@@ -18,7 +18,8 @@ __all__ = ["ConvertSettings", "convert_release"]
 
 @dataclass(frozen=True)
 class ConvertSettings:
-    """The conversion tool's constants (their comments say what each does), checked once."""
+    """The conversion tool's constants (their comments say what each does), checked once: a release
+    state dict to read and a checkpoint to write are both required."""
     source: str
     output: str
     plans: str | None
