@@ -10,7 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["NetworkPlan", "Plans"]
+__all__ = ["CaseFingerprint", "NetworkPlan", "Plans"]
+
+
+@dataclass(frozen=True)
+class CaseFingerprint:
+    """One case of the plan's ``"cases"``: its spacing and shape (z, y, x), its shape after cropping to the
+    nonzero box, and the label values present in it."""
+    spacing: list[float]
+    shape: list[int]
+    shape_after_crop: list[int]
+    label_values: list[int]
+
+    @classmethod
+    def from_json(cls, entry: Mapping[str, Any]) -> CaseFingerprint:
+        return cls(entry["spacing"], entry["shape"], entry["shape_after_crop"], entry["label_values"])
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,8 @@ class Plans:
     target_spacing: list[float] | None
     description: dict[str, Any] | None
     network: NetworkPlan | None
+    num_cases: int | None
+    cases: dict[str, CaseFingerprint]
     source: Mapping[str, Any] = field(repr=False, compare=False)
 
     @classmethod
@@ -54,7 +70,9 @@ class Plans:
         network = plans.get("network")
         return cls(plans.get("dataset"), list(plans.get("channel_names") or []), list(plans.get("labels") or []),
                    plans.get("label_names"), plans.get("num_classes"), plans.get("target_spacing"),
-                   plans.get("description"), NetworkPlan.from_json(network) if network else None, plans)
+                   plans.get("description"), NetworkPlan.from_json(network) if network else None,
+                   plans.get("num_cases"),
+                   {name: CaseFingerprint.from_json(case) for name, case in (plans.get("cases") or {}).items()}, plans)
 
     def to_json(self) -> dict[str, Any]:
         return self.source  # type: ignore[return-value]  # the plan as read, unchanged

@@ -12,6 +12,7 @@ from light_training.checkpoint import CHECKPOINT_NAMES
 from light_training.inference.ensemble import checkpoint_paths, find_folds, load_ensemble
 from light_training.inference.model_package import CROSSVAL_FOLDER, export_model, open_model
 from light_training.inference.postprocessing import read_postprocessing
+from light_training.plans import Plans
 from light_training.config import settings_from
 from light_training.stages import write_config
 
@@ -69,7 +70,7 @@ def export(config: dict[str, Any], script: str) -> Path:
     rules = read_postprocessing(logdir)
     metrics = _metrics_files(c.metrics, logdir)
     output = export_model(paths, checkpoints, list(folds), c.output, c.checkpoint_name, rules, metrics)
-    package = open_model(output, checkpoints[0]["plans"].get("dataset"))
+    package = open_model(output, Plans.from_json(checkpoints[0]["plans"]).dataset)
     write_config(config, script, Path(output).parent, stem=f"{Path(output).stem}_export")
     size = Path(output).stat().st_size / 2 ** 20
     print(f"wrote {output} ({size:.1f} MiB): dataset {package.info['dataset']!r}, folds {package.info['folds']} "

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from light_training.datasets import load_dataset
+from light_training.plans import Plans
 from light_training.preprocessing.network_plan import describe_network
 from light_training.preprocessing.planning import plans_path, prepare_plans
 from light_training.preprocessing.preprocess import preprocess_dataset
@@ -51,11 +52,12 @@ def preprocess(config: dict[str, Any], script: str) -> None:
                          f"{' or '.join(description.raw_layout['images'])})")
     plans = prepare_plans(plans_path(output_dir), raw_cases, description, c.target_spacing, c.num_processes,
                           c.overwrite, c.skip_bad_cases, c.gpu_memory_target_gb)
-    print(f"plan: {plans_path(output_dir)} ({description.name}, target spacing {plans['target_spacing']}, "
-          f"{plans['num_cases']} cases)")
-    if plans.get("network"):
-        print("planned network: " + describe_network(plans["network"]))
-    empty = [case for case, fingerprint in plans["cases"].items() if not any(fingerprint["label_values"])]
+    plan = Plans.from_json(plans)
+    print(f"plan: {plans_path(output_dir)} ({description.name}, target spacing {plan.target_spacing}, "
+          f"{plan.num_cases} cases)")
+    if plan.network is not None:
+        print("planned network: " + describe_network(plan.network.to_json()))
+    empty = [case for case, fingerprint in plan.cases.items() if not any(fingerprint.label_values)]
     for case in empty:
         print(f"warning: {case}: its label has no foreground voxel; it is preprocessed, validation leaves it "
               f"out of the pseudo Dice, and the metrics list it as unscorable")
