@@ -211,7 +211,8 @@ class Trainer:
     def state(self, epochs_done: int) -> dict[str, Any]:
         """The checkpoint dict after ``epochs_done`` epochs (tensors and plain values only)."""
         return {"model_class": type(self.model).__name__, "model_config": dict(self.model.config),
-                "model": self.model.state_dict(), "plans": {} if self.plans is None else self.plans.to_json(), "config": self.checkpoint_config,
+                "model": self.model.state_dict(), "plans": {} if self.plans is None else self.plans.to_json(),
+                "config": self.checkpoint_config,
                 "settings": asdict(self.settings), "epoch": epochs_done, "best_dice": self.best_dice,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "grad_scaler": self.scaler.state_dict(), "rng": rng_state(), "history": self.history,
