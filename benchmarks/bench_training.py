@@ -73,7 +73,7 @@ for preset, compiled, batch_size, choice in runs:
     if compiled:
         compile_for_training(model)
     with tempfile.TemporaryDirectory() as logdir:
-        trainer = Trainer(model, TrainSettings(max_epoch=1000, batch_size=batch_size, precision=precision), logdir, {}, {}, device)
+        trainer = Trainer(model, TrainSettings(max_epoch=1000, batch_size=batch_size, precision=precision), logdir, None, {}, device)
         label = torch.zeros(batch_size, *patch, dtype=torch.uint8)
         label[:, patch[0] // 4:-patch[0] // 4, patch[1] // 3:-patch[1] // 3, patch[2] // 3:-patch[2] // 3] = 1
         batch = {"image": torch.randn(batch_size, in_channels, *patch) + label[:, None], "label": label}

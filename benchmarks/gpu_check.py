@@ -164,7 +164,7 @@ def bf16_stability(trials: int = 10, num_steps: int = 20) -> list[tuple[str, str
         generator, skipped, peak = torch.Generator().manual_seed(1), 0, 0.0
         with tempfile.TemporaryDirectory() as logdir:
             settings = TrainSettings(max_epoch=num_steps, batch_size=2, lr=0.02, grad_clip=1e9, precision=step_precision)
-            trainer = Trainer(model, settings, logdir, {}, {}, dev)
+            trainer = Trainer(model, settings, logdir, None, {}, dev)
             for _ in range(num_steps):
                 label = torch.randint(0, 3, (2, 16, 16, 16), generator=generator)
                 batch = {"image": torch.randn(2, 1, 16, 16, 16, generator=generator) + label[:, None], "label": label}
@@ -198,7 +198,7 @@ for step_precision, benchmark in runs:
     torch.manual_seed(0)
     model = build_network("diffunet", 1, 2, preset=preset)
     with tempfile.TemporaryDirectory() as logdir:
-        trainer = Trainer(model, TrainSettings(batch_size=batch_size, precision=step_precision), logdir, {}, {}, dev)
+        trainer = Trainer(model, TrainSettings(batch_size=batch_size, precision=step_precision), logdir, None, {}, dev)
         configure_backends(dev, step_precision)
         torch.backends.cudnn.benchmark = benchmark
         trainer.train_step(batch, 0)  # warm-up: cuDNN's algorithm search, the momentum buffers
@@ -231,7 +231,7 @@ def compiled_training(regional: bool) -> None:
                   {"class_locations": {"1": np.argwhere(labels == 1)[::97].tolist()}})
         validation = ValidationPatches(folder, ["case"], patch, num_patches=2 * batch_size - 1)
         trainer = Trainer(model, TrainSettings(batch_size=batch_size, precision=resolved), folder,
-                          {}, {}, dev)
+                          None, {}, dev)
         graphs = compiled_graphs()
         _, first = timed(lambda: trainer.train_step(batch, 0))
         add("compiled step", f"{preset} {batch_size}x{'x'.join(map(str, patch))} {resolved} {kind}, 1st",

@@ -120,7 +120,7 @@ def train_setup(candidate: Candidate, logdir: str) -> tuple[Callable[[], object]
         compile_training(model, candidate.compile)
     settings = TrainSettings(batch_size=batch_size, precision=precision_of(candidate),
                              channels_last=candidate.channels_last, seed=seed)
-    trainer = Trainer(model, settings, logdir, {}, {}, dev)
+    trainer = Trainer(model, settings, logdir, None, {}, dev)
     return lambda: trainer.train_step(batch, 0), trainer
 
 

@@ -15,12 +15,15 @@ import difflib
 import io
 import sys
 import tokenize
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, TypeVar
 
 from light_training.io import write_json
 
-__all__ = ["apply_overrides", "find_constants", "save_config", "parse_value"]
+__all__ = ["apply_overrides", "find_constants", "save_config", "parse_value", "settings_from"]
+
+Settings = TypeVar("Settings")
 
 
 def find_constants(source: str, stop_line: int | None = None) -> dict[str, tuple[Any, str]]:
@@ -179,3 +182,10 @@ def apply_overrides(namespace: dict[str, Any], argv: list[str] | None = None) ->
 def save_config(config: dict[str, Any], path: str | Path) -> None:
     """Write the resolved constants as JSON (atomically) next to a script's outputs."""
     write_json(config, path)
+
+
+def settings_from(cls: type[Settings], constants: Mapping[str, Any]) -> Settings:
+    """A stage's settings ``cls`` (a dataclass that validates itself) built once from the script's resolved
+    constants: each field takes the constant of its name, its default where the script has none."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{name: value for name, value in constants.items() if name in names})

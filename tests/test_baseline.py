@@ -7,6 +7,7 @@ import torch
 from diffunet import DiffUNet, PlainUNet, build_network
 from light_training.checkpoint import build_model, load_checkpoint, save_checkpoint
 from light_training.inference.prediction import InferenceSettings, predict_volume
+from light_training.plans import Plans
 from light_training.training.step import TrainSettings
 from light_training.training.trainer import Trainer
 
@@ -56,7 +57,7 @@ def test_baseline_trains_validates_and_checkpoints(tmp_path):
     torch.manual_seed(0)
     model = build_network("unet", 1, 2, preset="tiny")
     settings = TrainSettings(max_epoch=4, num_iterations_per_epoch=1, batch_size=2, precision="fp32")
-    trainer = Trainer(model, settings, tmp_path, {"label_names": ["background", "ball"]}, {}, CPU)
+    trainer = Trainer(model, settings, tmp_path, Plans.from_json({"label_names": ["background", "ball"]}), {}, CPU)
     image, label = _sphere_batch()
     batch = {"image": image, "label": label}
     losses = [trainer.train_step(batch, 0) for _ in range(15)]
@@ -77,7 +78,7 @@ def test_diffunet_validation_reports_the_boundary_dice(tmp_path):
     torch.manual_seed(0)
     model = build_network("diffunet", 1, 2, preset="tiny", steps=2)
     settings = TrainSettings(max_epoch=4, num_iterations_per_epoch=1, batch_size=2, precision="fp32")
-    trainer = Trainer(model, settings, tmp_path, {"label_names": ["background", "ball"]}, {}, CPU)
+    trainer = Trainer(model, settings, tmp_path, Plans.from_json({"label_names": ["background", "ball"]}), {}, CPU)
     image, label = _sphere_batch()
     scalars, _ = trainer.validate(_Patches(image, label))
     assert 0 <= scalars["val/boundary_dice"] <= 1

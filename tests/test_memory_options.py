@@ -75,7 +75,7 @@ def test_accumulation_of_two_batches_of_one_is_their_mean_gradient(tmp_path):
     torch.manual_seed(0)
     model = build_network("diffunet", 1, 3, preset="tiny")
     settings = TrainSettings(batch_size=1, accumulate_steps=2, grad_clip=1e9, precision="fp32", max_epoch=10)
-    trainer = Trainer(model, settings, tmp_path, {}, {}, torch.device("cpu"))
+    trainer = Trainer(model, settings, tmp_path, None, {}, torch.device("cpu"))
     assert trainer.effective_batch == 2 and trainer.state(0)["effective_batch"] == 2
     before = {k: v.clone() for k, v in model.state_dict().items()}
     torch.manual_seed(3)
@@ -93,5 +93,5 @@ def test_accumulation_of_two_batches_of_one_is_their_mean_gradient(tmp_path):
         torch.testing.assert_close(a, (g0 + g1) / 2, rtol=1e-5, atol=1e-7)
     for bad in (0, 2.0, True):
         with pytest.raises(ValueError, match="accumulate_steps"):
-            Trainer(model, TrainSettings(accumulate_steps=bad), tmp_path, {}, {}, torch.device("cpu"))
+            Trainer(model, TrainSettings(accumulate_steps=bad), tmp_path, None, {}, torch.device("cpu"))
 

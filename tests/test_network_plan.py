@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from light_training.planning.network_plan import describe_network, network_topology, plan_network, planned_model_options
 from light_training.memory.estimator import GIB
 from light_training.memory.fit import check_gpu_memory, memory_verdict, over_budget_warning, settings_to_try
+from light_training.planning.network_plan import describe_network, network_topology, plan_network, planned_model_options
+from light_training.plans import Plans
 
 
 def linear_estimator(model_class, model_config, patch_size, batch_size, precision):
@@ -172,26 +173,37 @@ def test_check_gpu_memory_estimates_the_alternatives_only_when_needed():
     assert len(calls) == 4  # the step, then alternatives until three fit
 
 
+def _train_settings(**constants):
+    """The training script's settings with ``constants`` in place of its own."""
+    from light_training.config import find_constants, settings_from
+    from light_training.stages.train import TrainStageSettings
+
+    script = Path(__file__).resolve().parents[1] / "2_train_diffunet_aiib2023.py"
+    defaults = {name: value for name, (value, _) in find_constants(script.read_text()).items()}
+    return settings_from(TrainStageSettings, {**defaults, **constants})
+
+
 def test_training_takes_the_plans_patch_and_batch(tmp_path):
     from diffunet import build_network
     from light_training.stages.train import build_training_network, patch_and_batch
 
     network = plan_network((24, 56, 44), (4.0, 1.0, 1.0), 1, 2, 20, 5, linear_estimator)
-    plans = {"dataset": "example", "channel_names": ["MRI"], "num_classes": 2, "network": network}
-    config = {"model_variant": "unet", "model_preset": "tiny", "mba": True, "mc_diff": True,
-              "boundary_target": "boundary", "planned_network": True, "patch_size": None, "batch_size": None}
-    model = build_training_network(config, plans)
+    plans = Plans.from_json({"dataset": "example", "channel_names": ["MRI"], "num_classes": 2, "network": network})
+    config = dict(model_variant="unet", model_preset="tiny", mba=True, mc_diff=True, boundary_target="boundary",
+                  planned_network=True, patch_size=None, batch_size=None)
+    model = build_training_network(_train_settings(**config), plans)
     assert model.config["strides"] == network["strides"] and model.config["kernel_size"] == network["kernel_sizes"]
     assert model.config["features"] == [8, 16, 32, 64]
-    assert patch_and_batch(config, plans, model) == (network["patch_size"], network["batch_size"])
-    assert patch_and_batch({**config, "patch_size": [8, 16, 16], "batch_size": 3}, plans, model) == ([8, 16, 16], 3)
+    assert patch_and_batch(_train_settings(**config), plans, model) == (network["patch_size"], network["batch_size"])
+    assert patch_and_batch(_train_settings(**{**config, "patch_size": [8, 16, 16], "batch_size": 3}), plans,
+                           model) == ([8, 16, 16], 3)
     with pytest.raises(ValueError, match="multiple"):
-        patch_and_batch({**config, "patch_size": [10, 16, 16]}, plans, model)
+        patch_and_batch(_train_settings(**{**config, "patch_size": [10, 16, 16]}), plans, model)
     paper = build_network("unet", 1, 2)  # the paper's network (total stride 32) cannot divide the plan's 24 x 56 x 40
     with pytest.raises(ValueError, match="patch_size=None takes the plan's patch"):
-        patch_and_batch({**config, "planned_network": False}, plans, paper)
+        patch_and_batch(_train_settings(**{**config, "planned_network": False}), plans, paper)
     with pytest.raises(ValueError, match="holds no planned network"):
-        build_training_network(config, {**plans, "network": None})
+        build_training_network(_train_settings(**config), Plans.from_json({**plans.to_json(), "network": None}))
 
 
 def test_the_network_is_in_the_plans_hash():
@@ -214,22 +226,25 @@ def test_a_smaller_patch_gets_the_topology_the_plans_rules_derive_for_it():
 
     network = plan_network((66, 217, 173), (2.5, 1.0, 1.0), 2, 4, 40, 8, linear_estimator)
     assert len(network["strides"]) == 6 and network["patch_size"][1] >= 128
-    plans = {"dataset": "example", "channel_names": ["T1", "FLAIR"], "num_classes": 4, "network": network}
-    config = {"model_variant": "diffunet", "model_preset": "tiny", "mba": True, "mc_diff": True,
-              "boundary_target": "boundary", "planned_network": True, "patch_size": [32, 64, 64], "batch_size": 2}
-    derived = training_topology(config, plans)
+    plans = Plans.from_json({"dataset": "example", "channel_names": ["T1", "FLAIR"], "num_classes": 4,
+                             "network": network})
+    config = dict(model_variant="diffunet", model_preset="tiny", mba=True, mc_diff=True, boundary_target="boundary",
+                  planned_network=True, patch_size=[32, 64, 64], batch_size=2)
+    derived = training_topology(_train_settings(**config), plans)
     assert derived["strides"] == [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]]
     assert derived["kernel_sizes"][0] == [1, 3, 3] and derived["derived_from_patch"] == network["patch_size"]
     total = [math.prod(s[a] for s in derived["strides"]) for a in range(3)]
     assert [p // t for p, t in zip([32, 64, 64], total)] == [4, 4, 4]  # the bottleneck: no axis below 4 voxels
-    model = build_training_network(config, plans)
+    model = build_training_network(_train_settings(**config), plans)
     assert model.config["strides"] == derived["strides"] and model.config["features"] == [8, 16, 32, 64, 80]
     model.check_patch_size([32, 64, 64])
     rebuilt = network_from_config("DiffUNet", model.config)  # what prediction does with a checkpoint's config
     assert rebuilt.config["strides"] == derived["strides"]
-    assert training_topology({**config, "patch_size": None}, plans) is network  # the plan's own patch: its topology
+    # the plan's own patch: its topology
+    assert training_topology(_train_settings(**{**config, "patch_size": None}), plans) is network
     assert network_for_patch(network, network["patch_size"]) is network
     with pytest.raises(ValueError, match=r"patch_size=\[36, 64, 64\].*set --patch_size=\[32, 64, 64\]"):
-        training_topology({**config, "patch_size": [36, 64, 64]}, plans)
+        training_topology(_train_settings(**{**config, "patch_size": [36, 64, 64]}), plans)
     with pytest.raises(ValueError, match="spacing is not recorded.*--planned_network=False"):
-        training_topology(config, {**plans, "network": {**network, "spacing": None}})
+        training_topology(_train_settings(**config), Plans.from_json({**plans.to_json(),
+                                                                       "network": {**network, "spacing": None}}))

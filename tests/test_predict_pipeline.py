@@ -254,21 +254,23 @@ def test_torchrun_ranks_split_the_folder(scans, repo_root, tmp_path):
         "3_predict_aiib2023_part0_config.json", "3_predict_aiib2023_part1_config.json"]
 
 
-def test_held_out_mode_gives_each_case_the_model_that_did_not_see_it(tmp_path):
+def test_held_out_mode_gives_each_case_the_model_that_did_not_see_it(tmp_path, repo_root):
     from test_ddp import preprocessed_synthetic
 
+    from light_training.config import apply_overrides, settings_from
     from light_training.datasets import load_dataset
-    from light_training.stages.predict import _find_cases
+    from light_training.stages.predict import PredictStageSettings, _find_cases
     from light_training.training.splits import fold_cases
 
     train = preprocessed_synthetic(tmp_path, num_cases=6)
     checkpoints = [{"config": {"fold": 0}}, {"config": {"fold": 3}}]
-    config = {"input_dir": None, "data_dir": str(train), "fold": None}
-    sources, members = _find_cases(config, load_dataset("aiib2023"), checkpoints)
+    config = apply_overrides({"__file__": str(repo_root / "3_predict_aiib2023.py")}, [f"--data_dir={train}"])
+    sources, members = _find_cases(settings_from(PredictStageSettings, config), load_dataset("aiib2023"), checkpoints)
     held_out = {0: fold_cases(train, 0)[1], 3: fold_cases(train, 3)[1]}
     assert sorted(sources) == sorted(held_out[0] + held_out[3])
     assert all(members[c] == [0] for c in held_out[0]) and all(members[c] == [1] for c in held_out[3])
-    _, members = _find_cases({**config, "fold": 3}, load_dataset("aiib2023"), checkpoints)
+    _, members = _find_cases(settings_from(PredictStageSettings, {**config, "fold": 3}), load_dataset("aiib2023"),
+                             checkpoints)
     assert sorted(members) == sorted(held_out[3]) and all(m == [0, 1] for m in members.values())
 
 

@@ -18,6 +18,7 @@ from light_training.training.dataloading import ValidationPatches
 from light_training.preprocessing.raw_cases import find_raw_cases
 from light_training.preprocessing.preprocess import list_cases, preprocess_dataset
 from light_training.planning.plans import plans_path, prepare_plans
+from light_training.plans import Plans
 from light_training.synthetic.generate import generate_aiib2023
 from light_training.training.monitor import summary_line
 from light_training.training.skips import SkippedStep, skip_message, stop_message
@@ -54,7 +55,8 @@ def make_trainer(data_dir: Path, logdir: Path, max_epoch: int = 3, init_seed: in
     settings = TrainSettings(max_epoch=max_epoch, num_iterations_per_epoch=2, batch_size=2, val_every=1, seed=0,
                              max_consecutive_nonfinite=3, precision="fp32")
     plans = json.loads((data_dir.parent / "plans.json").read_text())
-    return Trainer(model, settings, logdir, plans, {"patch_size": PATCH, "fold": 0}, torch.device("cpu"))
+    return Trainer(model, settings, logdir, Plans.from_json(plans), {"patch_size": PATCH, "fold": 0},
+                   torch.device("cpu"))
 
 
 def test_script_runs_two_epochs_and_writes_logs_checkpoints_and_plot(data_dir: Path, tmp_path: Path, repo_root: Path):
@@ -188,7 +190,7 @@ def run(precision):
     generator, peaks, skipped = torch.Generator().manual_seed(1), [], 0
     with tempfile.TemporaryDirectory() as logdir:
         settings = TrainSettings(max_epoch=20, batch_size=2, lr=0.02, grad_clip=1e9, precision=precision)  # no clipping
-        trainer = Trainer(model, settings, logdir, {}, {}, torch.device("cpu"))
+        trainer = Trainer(model, settings, logdir, None, {}, torch.device("cpu"))
         for step in range(20):
             label = torch.randint(0, 3, (2, 16, 16, 16), generator=generator)
             batch = {"image": torch.randn(2, 1, 16, 16, 16, generator=generator) + label[:, None], "label": label}
@@ -285,7 +287,7 @@ def test_channels_last_steps_like_the_contiguous_layout(tmp_path: Path):
     for channels_last in (False, True):
         torch.manual_seed(0)
         settings = TrainSettings(batch_size=2, precision="fp32", channels_last=channels_last)
-        trainer = Trainer(DiffUNet(1, 2, preset="tiny"), settings, tmp_path / str(channels_last), {}, {},
+        trainer = Trainer(DiffUNet(1, 2, preset="tiny"), settings, tmp_path / str(channels_last), None, {},
                           torch.device("cpu"))
         torch.manual_seed(1)
         losses.append(float(trainer.train_step(batch, 0)["loss"]))
@@ -299,16 +301,16 @@ def test_resume_fills_options_newer_than_the_checkpoint_and_refuses_another_netw
     from diffunet import PlainUNet
 
     settings = TrainSettings(max_epoch=2, precision="fp32")
-    trainer = Trainer(DiffUNet(1, 2, preset="tiny"), settings, tmp_path, {}, {}, torch.device("cpu"))
+    trainer = Trainer(DiffUNet(1, 2, preset="tiny"), settings, tmp_path, None, {}, torch.device("cpu"))
     state = trainer.state(1)
     del state["model_config"]["sampling_time_input"]  # as written before the option existed
     save_checkpoint(state, tmp_path / "model" / "latest.pt")
     trainer.resume()
     assert trainer.start_epoch == 1
-    other = Trainer(PlainUNet(1, 2, preset="tiny"), settings, tmp_path, {}, {}, torch.device("cpu"))
+    other = Trainer(PlainUNet(1, 2, preset="tiny"), settings, tmp_path, None, {}, torch.device("cpu"))
     with pytest.raises(TrainingStopped, match="model_variant"):
         other.resume()
-    mba_off = Trainer(DiffUNet(1, 2, preset="tiny", mba=False), settings, tmp_path, {}, {}, torch.device("cpu"))
+    mba_off = Trainer(DiffUNet(1, 2, preset="tiny", mba=False), settings, tmp_path, None, {}, torch.device("cpu"))
     with pytest.raises(TrainingStopped, match="'mba': \\(True, False\\)"):
         mba_off.resume()
 

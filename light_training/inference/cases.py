@@ -22,11 +22,12 @@ from light_training.inference.prediction import save_prediction
 from light_training.inference.preview import preview_path, write_preview
 from light_training.inference.resume import write_record
 from light_training.postprocessing import Postprocessing
+from light_training.plans import Plans
 from light_training.preprocessing.preprocess import load_case, preprocess_case
 from light_training.preprocessing.raw_cases import RawCase, read_raw_case
 
-__all__ = ["CaseInput", "ExportJob", "read_scan", "load_input", "check_input", "take_checked_input", "export_case",
-           "remove_stale_temporaries"]
+__all__ = ["CaseInput", "ExportRun", "CasePrediction", "read_scan", "load_input", "check_input", "take_checked_input",
+           "export_case", "remove_stale_temporaries"]
 
 
 @dataclass
@@ -43,27 +44,35 @@ class CaseInput:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-@dataclass
-class ExportJob:
-    """What :func:`export_case` writes: probabilities ``(K, z, y, x)`` and uncertainty ``(z, y, x)`` (or
-    None) on the preprocessed grid, as numpy arrays; the files it must write; the case's record, with the
-    ``seconds`` of each step ("read + preprocess", "network"; "restore + write" is added when written)."""
-    case: CaseInput
-    probabilities: np.ndarray
-    uncertainty: np.ndarray | None
-    plans: dict[str, Any]
-    description: DatasetDescription
+@dataclass(frozen=True)
+class ExportRun:
+    """What every case of one prediction run shares, for :func:`export_case`: the folder and which files it
+    writes, the plan and the dataset description (label values, spacing, names), the run's fingerprint (in
+    every record) and the postprocessing applied to each label map (not to the probabilities)."""
     save_dir: str
     save_probabilities: bool
     save_uncertainty: bool
     save_preview: bool
-    outputs: list[Path]
+    plans: Plans
+    description: DatasetDescription
     fingerprint: str
+    postprocessing: Postprocessing | None = None
+
+
+@dataclass
+class CasePrediction:
+    """One case as the network left it for :func:`export_case`: probabilities ``(K, z, y, x)`` and uncertainty
+    ``(z, y, x)`` (or None) on the preprocessed grid, as numpy arrays; the files it must write; its record's
+    source stamp, checkpoints (the members that predicted it), notes and the ``seconds`` of each step
+    ("read + preprocess", "network"; "restore + write" is added when written)."""
+    case: CaseInput
+    probabilities: np.ndarray
+    uncertainty: np.ndarray | None
+    outputs: list[Path]
     stamp: list[list]
     checkpoints: list[str]
     notes: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-    postprocessing: Postprocessing | None = None  # applied to the label map (not to the probabilities)
 
 
 def read_scan(raw: RawCase, description: DatasetDescription, nonfinite: str) -> tuple[np.ndarray, Any, list[str]]:
@@ -74,14 +83,14 @@ def read_scan(raw: RawCase, description: DatasetDescription, nonfinite: str) -> 
     return image, geometry, [str(w.message) for w in caught]
 
 
-def load_input(name: str, raw: RawCase | None, description: DatasetDescription, plans: dict[str, Any],
+def load_input(name: str, raw: RawCase | None, description: DatasetDescription, plans: Plans,
                nonfinite: str, data_dir: str | None) -> CaseInput:
     """A raw scan read once, checked and preprocessed (``raw`` given), or a preprocessed case of
     ``data_dir`` (held-out mode)."""
     start = time.perf_counter()
     if raw is not None:
         image, geometry, notes = read_scan(raw, description, nonfinite)
-        image, _, properties = preprocess_case(image, geometry, None, plans, case=name)
+        image, _, properties = preprocess_case(image, geometry, None, plans.to_json(), case=name)
         image, label = np.asarray(image, dtype=np.float32), None
     else:
         image, label, properties = load_case(data_dir, name)  # read-only memory maps: copied
@@ -93,7 +102,7 @@ def _checked_paths(folder: str | Path, name: str) -> tuple[Path, Path]:
     return Path(folder) / f"{name}_image.npy", Path(folder) / f"{name}_input.pkl"
 
 
-def check_input(item: tuple[str, RawCase], description: DatasetDescription, plans: dict[str, Any], nonfinite: str,
+def check_input(item: tuple[str, RawCase], description: DatasetDescription, plans: Plans, nonfinite: str,
                 folder: str | Path) -> float:
     """Read, check and preprocess the scan of ``item`` = ``(name, raw)`` once (:func:`load_input`) and leave the
     result in ``folder`` for :func:`take_checked_input`; the seconds it took. ValueError names the file and
@@ -120,29 +129,30 @@ def take_checked_input(name: str, folder: str | Path) -> CaseInput:
                                seconds={**case.seconds, "load checked input": time.perf_counter() - start})
 
 
-def export_case(job: ExportJob) -> str:
-    """Restore ``job``'s prediction onto the source grid, write its files and then its record; the case."""
-    case, start = job.case, time.perf_counter()
-    save_prediction(job.probabilities, job.uncertainty, case.properties, job.plans["labels"], job.save_dir,
-                    job.save_probabilities, job.save_uncertainty, job.postprocessing)
-    if job.save_preview:
-        _write_preview(job)
-    seconds = {**job.seconds, "restore + write": time.perf_counter() - start}
-    rules = job.postprocessing.rules() if job.postprocessing is not None else None
-    write_record(job.save_dir, case.name, job.fingerprint, job.stamp, job.outputs, job.checkpoints, job.notes, seconds,
-                 rules)
+def export_case(prediction: CasePrediction, run: ExportRun) -> str:
+    """Restore ``prediction`` onto the source grid, write its files and then its record; the case."""
+    case, start = prediction.case, time.perf_counter()
+    save_prediction(prediction.probabilities, prediction.uncertainty, case.properties, run.plans.labels,
+                    run.save_dir, run.save_probabilities, run.save_uncertainty, run.postprocessing)
+    if run.save_preview:
+        _write_preview(prediction, run)
+    seconds = {**prediction.seconds, "restore + write": time.perf_counter() - start}
+    rules = run.postprocessing.rules() if run.postprocessing is not None else None
+    write_record(run.save_dir, case.name, run.fingerprint, prediction.stamp, prediction.outputs,
+                 prediction.checkpoints, prediction.notes, seconds, rules)
     return case.name
 
 
-def _write_preview(job: ExportJob) -> Path:
+def _write_preview(prediction: CasePrediction, run: ExportRun) -> Path:
     """``<case>_preview.png`` on the preprocessed grid (the scan as the network saw it)."""
-    plans, case = job.plans, job.case
-    values = np.asarray(plans["labels"], dtype=np.uint8)
-    prediction = values[job.probabilities.argmax(0)]
-    return write_preview(preview_path(job.save_dir, case.name), case.image, prediction, uncertainty=job.uncertainty,
+    plans, case = run.plans, prediction.case
+    values = np.asarray(plans.labels, dtype=np.uint8)
+    prediction_map = values[prediction.probabilities.argmax(0)]
+    return write_preview(preview_path(run.save_dir, case.name), case.image, prediction_map,
+                         uncertainty=prediction.uncertainty,
                          ground_truth=None if case.label is None else values[np.asarray(case.label)],
-                         spacing=plans["target_spacing"], label_names=dict(zip(plans["labels"], plans["label_names"])),
-                         airway_mip=job.description.metrics == "aiib2023")
+                         spacing=plans.target_spacing, label_names=dict(zip(plans.labels, plans.label_names)),
+                         airway_mip=run.description.metrics == "aiib2023")
 
 
 def remove_stale_temporaries(save_dir: str | Path, cases: Sequence[str]) -> list[Path]:

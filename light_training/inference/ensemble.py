@@ -24,6 +24,7 @@ from light_training.inference.model_package import (check_plans, open_model, pla
 from light_training.inference.resume import file_digest
 from light_training.io import read_json
 from light_training.postprocessing import Postprocessing, read_postprocessing
+from light_training.plans import Plans
 
 __all__ = ["checkpoint_paths", "find_folds", "load_predictor", "predictor_from_checkpoint", "check_same_plans",
            "load_ensemble", "Models", "load_models"]
@@ -81,7 +82,7 @@ def predictor_from_checkpoint(checkpoint: dict[str, Any], name: str, dataset: st
                          f"{err})") from None
     if dataset is not None:
         expected = load_dataset(dataset).name
-        trained_on = checkpoint.get("plans", {}).get("dataset")
+        trained_on = Plans.from_json(checkpoint.get("plans", {})).dataset
         if trained_on != expected:
             raise ValueError(f"{name}: this checkpoint was trained on {trained_on!r}, not {expected!r}")
     return model.to(device).eval()

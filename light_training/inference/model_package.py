@@ -32,6 +32,7 @@ from light_training import __version__
 from light_training.checkpoint import read_checkpoint
 from light_training.io import atomic_path
 from light_training.postprocessing import POSTPROCESSING_FILE, Postprocessing
+from light_training.plans import Plans
 
 __all__ = ["MODEL_JSON", "FORMAT", "CROSSVAL_FOLDER", "ModelPackage", "plans_difference", "model_info",
            "export_model", "open_model", "check_plans", "read_member_checkpoint"]
@@ -66,11 +67,11 @@ def plans_difference(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 def model_info(checkpoints: Sequence[dict[str, Any]], folds: Sequence[int], checkpoint_name: str,
                digests: dict[str, str]) -> dict[str, Any]:
     """The content of ``model.json`` for these checkpoints (one plan) and member digests."""
-    plans, config = checkpoints[0]["plans"], checkpoints[0].get("config", {})
-    names = plans.get("label_names") or [str(v) for v in plans.get("labels", [])]
+    plans, config = Plans.from_json(checkpoints[0]["plans"]), checkpoints[0].get("config", {})
+    names = plans.label_names or [str(v) for v in plans.labels]
     return {"format": FORMAT, "project_version": __version__, "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "dataset": plans.get("dataset"), "classes": dict(zip(names, plans.get("labels", []))),
-            "channels": list(plans.get("channel_names", [])), "spacing": plans.get("target_spacing"),
+            "dataset": plans.dataset, "classes": dict(zip(names, plans.labels)),
+            "channels": plans.channel_names, "spacing": plans.target_spacing,
             "model_class": checkpoints[0]["model_class"], "preset": config.get("model_preset"),
             "model_variant": config.get("model_variant"), "precision": config.get("precision"),
             "patch_size": config.get("patch_size"), "checkpoint_name": checkpoint_name, "folds": list(folds),

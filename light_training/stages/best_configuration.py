@@ -3,6 +3,7 @@ dataset's headline metric (:mod:`light_training.evaluation.configurations`), and
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +17,35 @@ from light_training.inference.ensemble import checkpoint_paths
 from light_training.inference.resume import OUTPUT_SETTINGS
 from light_training.io import read_json, write_json
 from light_training.preprocessing.raw_cases import find_label_files
+from light_training.config import settings_from
 from light_training.stages import write_config
 from light_training.evaluation.metric_sets import metric_for
 
-__all__ = ["predict_command", "find_best_configuration"]
+__all__ = ["BestConfigurationSettings", "predict_command", "find_best_configuration"]
 
 ROOT = Path(light_training.__file__).resolve().parents[1]  # the scripts' folder, to name them in commands
 # settings of the held-out predictions that do not carry over to predicting new scans
 _NOT_CARRIED = {"fold", "save_probabilities", "save_uncertainty", "save_preview", "postprocessing"}
 
+
+@dataclass(frozen=True)
+class BestConfigurationSettings:
+    """The best-configuration tool's constants (their comments say what each does), checked once."""
+    dataset: str
+    runs: list[str]
+    results_dir: str
+    raw_dir: str
+    gt_dir: str | None
+    ensembles: bool
+    metric: list[str] | None
+    input_dir: str
+    output_dir: str
+    num_processes: int
+
+    def __post_init__(self):
+        if not self.runs or len(set(self.runs)) != len(self.runs):
+            raise ValueError(f"runs={list(self.runs)!r}: expected names of prediction folders under "
+                             f"{self.results_dir}, each once")
 
 def _predict_config(folder: Path) -> tuple[str, dict[str, Any]]:
     """``(script path relative to the project, its resolved constants)`` of the predictions in ``folder``."""
@@ -80,16 +101,14 @@ def find_best_configuration(config: dict[str, Any], script: str) -> Configuratio
     """Rank ``runs`` (folders of held-out predictions under ``results_dir``) and, with ``ensembles``, every pair's
     ensemble; write ``<output_dir>/best_configuration.json`` (the ranking, the winner and its command) and
     each configuration's metrics tables; print the ranking and the command."""
-    c = config
-    description = load_dataset(c["dataset"])
-    runs = list(c["runs"])
-    if not runs or len(set(runs)) != len(runs):
-        raise ValueError(f"runs={runs!r}: expected names of prediction folders under {c['results_dir']}, each once")
-    folders = {run: Path(c["results_dir"]) / run for run in runs}
+    c = settings_from(BestConfigurationSettings, config)
+    description = load_dataset(c.dataset)
+    runs = list(c.runs)
+    folders = {run: Path(c.results_dir) / run for run in runs}
     missing = [str(f) for f in folders.values() if not f.is_dir()]
     if missing:
         raise ValueError(f"no such prediction folder(s) {missing}: predict each run's held-out folds first")
-    ground_truths = (nifti_cases(c["gt_dir"]) if c["gt_dir"] else find_label_files(Path(c["raw_dir"]), description))
+    ground_truths = (nifti_cases(c.gt_dir) if c.gt_dir else find_label_files(Path(c.raw_dir), description))
     predictions = {run: nifti_cases(folder) for run, folder in folders.items()}
     common = [case for case in ground_truths if all(case in p for p in predictions.values())]
     if not common:
@@ -99,30 +118,30 @@ def find_best_configuration(config: dict[str, Any], script: str) -> Configuratio
         print(f"note: {len(left_out)} case(s) not predicted by every run (or without ground truth) left out, "
               f"e.g. {left_out[:3]}")
     case_metric, columns, _ = metric_for(description)
-    headline = list(c["metric"]) if c["metric"] else headline_columns(description, columns)
-    output = Path(c["output_dir"])
+    headline = list(c.metric) if c.metric else headline_columns(description, columns)
+    output = Path(c.output_dir)
     truths = {case: ground_truths[case] for case in common}
 
     def score(name: str, members: tuple[str, ...], files: dict[str, Path]) -> Configuration:
-        result = evaluate_folder(files, truths, case_metric, columns, output, name, num_processes=c["num_processes"])
+        result = evaluate_folder(files, truths, case_metric, columns, output, name, num_processes=c.num_processes)
         return Configuration(name, members, headline_score(result.summary, headline), result.summary)
 
     configurations = [score(run, (run,), {case: predictions[run][case] for case in common}) for run in runs]
-    for pair in (pairs_of(runs) if c["ensembles"] else []):
+    for pair in (pairs_of(runs) if c.ensembles else []):
         name, folder = "+".join(pair), output / "ensembles" / "+".join(pair)
         files = {case: ensemble_probabilities([folders[r] for r in pair], case, folder) for case in common}
         configurations.append(score(name, pair, files))
     ranked = rank_configurations(configurations)
     best = ranked[0]
     try:
-        command = predict_command([folders[r] for r in best.runs], c["input_dir"],
-                                  str(Path(c["results_dir"]) / f"{best.name}_test"))
+        command = predict_command([folders[r] for r in best.runs], c.input_dir,
+                                  str(Path(c.results_dir) / f"{best.name}_test"))
     except ValueError as err:
         command = f"(no command: {err})"
     write_json({"dataset": description.name, "headline": headline, "cases": len(common),
                 "ranking": [x.to_dict() for x in ranked], "best": best.name, "command": command},
                output / "best_configuration.json")
-    write_config(c, script, output)
+    write_config(config, script, output)
     width = max(len(x.name) for x in ranked)
     print(f"\n{len(ranked)} configuration(s) on {len(common)} held-out case(s), ranked by the mean of {headline}:")
     for i, x in enumerate(ranked, 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,26 @@ import torch
 
 from light_training.checkpoint import save_checkpoint
 from light_training.release import RELEASE_INFERENCE, release_checkpoint
+from light_training.config import settings_from
 
-__all__ = ["convert_release"]
+__all__ = ["ConvertSettings", "convert_release"]
 
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    """The conversion tool's constants (their comments say what each does), checked once: a release
+    state dict to read and a checkpoint to write are both required."""
+    source: str
+    output: str
+    plans: str | None
+    dataset: str
+    channel_names: str | list[str] | None
+    label_names: str | list[str] | None
+
+    def __post_init__(self):
+        if not self.source or not self.output:
+            raise ValueError(f"give --source=RELEASE.pt and --output=OURS.pt (got source={self.source!r}, "
+                             f"output={self.output!r})")
 
 def _names(value: str | list | tuple | None) -> list[str] | None:
     """Channel or class names given as ``a,b,c`` (or as a list)."""
@@ -25,16 +43,13 @@ def convert_release(config: dict[str, Any], script: str) -> Path:
     """Convert ``source`` (``torch.save`` of the release's ``model.state_dict()``) into the checkpoint ``output``
     and print what was mapped and dropped. Raises ``ValueError`` naming ``source`` when it cannot be read or
     converted; nothing is written then."""
-    c = config
-    if not c["source"] or not c["output"]:
-        raise ValueError(f"give --source=RELEASE.pt and --output=OURS.pt (got source={c['source']!r}, "
-                         f"output={c['output']!r})")
-    source, output = str(c["source"]), str(c["output"])
+    c = settings_from(ConvertSettings, config)
+    source, output = str(c.source), str(c.output)
     try:
         release = torch.load(source, map_location="cpu", weights_only=True)
-        plans = json.loads(Path(c["plans"]).read_text()) if c["plans"] else None
-        checkpoint, report = release_checkpoint(release, source, plans, c["dataset"], _names(c["channel_names"]),
-                                                _names(c["label_names"]))
+        plans = json.loads(Path(c.plans).read_text()) if c.plans else None
+        checkpoint, report = release_checkpoint(release, source, plans, c.dataset, _names(c.channel_names),
+                                                _names(c.label_names))
     except (OSError, ValueError, RuntimeError) as err:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{source}: {err}") from None
     save_checkpoint(checkpoint, output)

@@ -1,18 +1,40 @@
 """Preprocessing stages: rename raw files to a dataset's other layout, and plan + preprocess a raw dataset."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from light_training.datasets import load_dataset
 from light_training.planning.network_plan import describe_network
 from light_training.planning.plans import plans_path, prepare_plans
+from light_training.plans import Plans
 from light_training.preprocessing.preprocess import preprocess_dataset
 from light_training.preprocessing.raw_cases import NIFTI_ENDINGS, find_raw_cases, layout_path
+from light_training.config import settings_from
 from light_training.stages import write_config
 
-__all__ = ["preprocess", "rename"]
+__all__ = ["PreprocessSettings", "RenameSettings", "preprocess", "rename"]
 
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """The preprocessing script's constants (their comments say what each does)."""
+    dataset: str
+    raw_dir: str
+    output_dir: str
+    target_spacing: list[float] | None
+    gpu_memory_target_gb: float | None
+    num_processes: int
+    overwrite: bool
+    skip_bad_cases: bool
+
+
+@dataclass(frozen=True)
+class RenameSettings:
+    """The renaming script's constants."""
+    dataset: str
+    data_dir: str
 
 def preprocess(config: dict[str, Any], script: str) -> None:
     """Plan the raw dataset and preprocess every case.
@@ -21,25 +43,25 @@ def preprocess(config: dict[str, Any], script: str) -> None:
     (None: the description's; ``[]``: the median), ``gpu_memory_target_gb`` (the planned network's training
     step fits it), ``num_processes``, ``overwrite``, ``skip_bad_cases``.
     """
-    description = load_dataset(config["dataset"])
-    raw_dir, output_dir = Path(config["raw_dir"]), Path(config["output_dir"])
+    c = settings_from(PreprocessSettings, config)
+    description = load_dataset(c.dataset)
+    raw_dir, output_dir = Path(c.raw_dir), Path(c.output_dir)
     raw_cases = find_raw_cases(raw_dir, description)
     if not raw_cases:
         raise ValueError(f"{raw_dir}: no {description.name} case found (expected "
                          f"{' or '.join(description.raw_layout['images'])})")
-    plans = prepare_plans(plans_path(output_dir), raw_cases, description, config["target_spacing"],
-                          config["num_processes"], config["overwrite"], config["skip_bad_cases"],
-                          config["gpu_memory_target_gb"])
-    print(f"plan: {plans_path(output_dir)} ({description.name}, target spacing {plans['target_spacing']}, "
-          f"{plans['num_cases']} cases)")
-    if plans.get("network"):
-        print("planned network: " + describe_network(plans["network"]))
-    empty = [case for case, fingerprint in plans["cases"].items() if not any(fingerprint["label_values"])]
+    plans = prepare_plans(plans_path(output_dir), raw_cases, description, c.target_spacing, c.num_processes,
+                          c.overwrite, c.skip_bad_cases, c.gpu_memory_target_gb)
+    plan = Plans.from_json(plans)
+    print(f"plan: {plans_path(output_dir)} ({description.name}, target spacing {plan.target_spacing}, "
+          f"{plan.num_cases} cases)")
+    if plan.network is not None:
+        print("planned network: " + describe_network(plan.network.to_json()))
+    empty = [case for case, fingerprint in plan.cases.items() if not any(fingerprint.label_values)]
     for case in empty:
         print(f"warning: {case}: its label has no foreground voxel; it is preprocessed, validation leaves it "
               f"out of the pseudo Dice, and the metrics list it as unscorable")
-    summary = preprocess_dataset(raw_cases, plans, output_dir, config["num_processes"], config["overwrite"],
-                                 config["skip_bad_cases"])
+    summary = preprocess_dataset(raw_cases, plans, output_dir, c.num_processes, c.overwrite, c.skip_bad_cases)
     write_config(config, script, output_dir)
     print(summary.report())
 
@@ -52,8 +74,9 @@ def rename(config: dict[str, Any], script: str) -> None:
     names of one file is an error naming it, found before anything is renamed. Constants: ``dataset``,
     ``data_dir``.
     """
-    description = load_dataset(config["dataset"])
-    root = Path(config["data_dir"])
+    c = settings_from(RenameSettings, config)
+    description = load_dataset(c.dataset)
+    root = Path(c.data_dir)
     layout = description.raw_layout
     if len(layout["images"]) < 2 or len(layout["labels"]) < 2:
         raise ValueError(f"{description.name}'s raw layout has one naming only: nothing to rename")

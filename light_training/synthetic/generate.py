@@ -11,12 +11,14 @@ from __future__ import annotations
 import functools
 import time
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from light_training.config import settings_from
 from light_training.datasets import DatasetDescription, load_dataset
 from light_training.io import Geometry, write_json, write_volume
 from light_training.preprocessing.raw_cases import layout_path
@@ -25,7 +27,7 @@ from light_training.synthetic.mri import SEQUENCES, synthesize_mri
 
 __all__ = ["AIIB_FOLDER", "BRATS_FOLDER", "EXAMPLE_FOLDER", "DEFAULT_SHAPE_AIIB", "DEFAULT_SHAPE_BRATS",
            "generate_aiib2023", "generate_brats2023", "generate_example", "example_description", "write_case",
-           "case_rng", "generate_dataset"]
+           "case_rng", "GenerateSettings", "generate_dataset"]
 
 AIIB_FOLDER = "AIIB23_Train_T1"
 BRATS_FOLDER = "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData"
@@ -219,17 +221,30 @@ _GENERATORS = {"aiib2023": generate_aiib2023, "brats2023": generate_brats2023, "
 _FOLDERS = {"aiib2023": AIIB_FOLDER, "brats2023": BRATS_FOLDER, "example": EXAMPLE_FOLDER}
 
 
+@dataclass(frozen=True)
+class GenerateSettings:
+    """The constants of ``tools/generate_synthetic.py`` (their comments say what each does), checked once."""
+    dataset: str
+    num_cases: int
+    out: str
+    seed: int
+    shape: list[int] | None
+    processes: int
+
+    def __post_init__(self):
+        if self.dataset not in _GENERATORS:
+            raise ValueError(f"--dataset={self.dataset}: choose from {list(_GENERATORS)}")
+
+
 def generate_dataset(config: dict[str, Any], script: str) -> list[str]:
     """The entry of ``tools/generate_synthetic.py``: ``num_cases`` cases of ``dataset`` ("aiib2023",
     "brats2023" or "example") under ``out`` with ``seed`` and ``shape`` (AIIB and BraTS cases in ``processes``
     processes, the same files); returns the case ids written.
     Raises ``ValueError`` naming a bad constant."""
-    c = config
-    if c["dataset"] not in _GENERATORS:
-        raise ValueError(f"--dataset={c['dataset']}: choose from {list(_GENERATORS)}")
+    c = settings_from(GenerateSettings, config)
     start = time.time()
-    parallel = {"processes": c["processes"]} if c["dataset"] in ("aiib2023", "brats2023") else {}
-    cases = _GENERATORS[c["dataset"]](c["out"], c["num_cases"], c["seed"], c["shape"], verbose=True, **parallel)
-    folder = Path(c["out"]) / _FOLDERS[c["dataset"]]
-    print(f"wrote {len(cases)} {c['dataset']} cases to {folder} in {time.time() - start:.1f} s")
+    parallel = {"processes": c.processes} if c.dataset in ("aiib2023", "brats2023") else {}
+    cases = _GENERATORS[c.dataset](c.out, c.num_cases, c.seed, c.shape, verbose=True, **parallel)
+    folder = Path(c.out) / _FOLDERS[c.dataset]
+    print(f"wrote {len(cases)} {c.dataset} cases to {folder} in {time.time() - start:.1f} s")
     return cases

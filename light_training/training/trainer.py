@@ -29,6 +29,7 @@ from diffunet.networks import network_from_config
 from diffunet.uncertainty import uncertainty_map
 from light_training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from light_training.compilation import announce_compile, is_compiled
+from light_training.plans import Plans
 from light_training.runtime import DistInfo, autocast_context, resolve_precision, seed_everything
 from light_training.training.dataloading import ValidationPatches
 from light_training.training.monitor import TrainingMonitor, epoch_scalars, middle_slices, summary_line
@@ -63,21 +64,24 @@ class Trainer:
     Args:
         model: the network (on any device; moved to ``device``).
         settings: the recipe; ``logdir``: logs and checkpoints.
-        plans: the preprocessing plan (stored in every checkpoint, and gives the class names).
-        config: the training script's resolved constants (stored in every checkpoint).
+        plans: the preprocessing plan (stored in every checkpoint as read, and gives the class names); None:
+            none (``{}`` stored, classes named ``class_<k>``).
+        checkpoint_config: the training script's resolved constants, only stored (every checkpoint's ``config``,
+            which prediction and export read); the trainer itself reads ``settings``.
         dist: this rank's :class:`DistInfo`; ``find_unused_parameters`` is passed to DDP.
     """
 
     LOSS_DISPLAY_EVERY = 10  # steps between the progress bar's reads of the loss (each a device sync)
 
-    def __init__(self, model: torch.nn.Module, settings: TrainSettings, logdir: str | Path, plans: dict[str, Any],
-                 config: dict[str, Any], device: torch.device, dist: DistInfo = DistInfo(),
+    def __init__(self, model: torch.nn.Module, settings: TrainSettings, logdir: str | Path, plans: Plans | None,
+                 checkpoint_config: dict[str, Any], device: torch.device, dist: DistInfo = DistInfo(),
                  find_unused_parameters: bool = False):
         steps = settings.accumulate_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"accumulate_steps={settings.accumulate_steps!r}: expected an int >= 1 "
                              f"(batches per optimizer step)")
-        self.settings, self.logdir, self.plans, self.config = settings, Path(logdir), plans, config
+        self.settings, self.logdir, self.plans = settings, Path(logdir), plans
+        self.checkpoint_config = checkpoint_config
         self.device, self.dist = device, dist
         self.layout = torch.channels_last_3d if settings.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=self.layout)
@@ -98,7 +102,7 @@ class Trainer:
         self._restored_rng: dict[str, Any] | None = None
         self.compiled = is_compiled(self.model)  # then the first step and the first validation say so
         self._announced: set[str] = set()
-        names = list(plans.get("label_names") or [f"class_{k}" for k in range(self.model.num_classes)])
+        names = list((plans and plans.label_names) or [f"class_{k}" for k in range(self.model.num_classes)])
         self.class_names = names[1:self.model.num_classes]
 
     def _poly(self, epoch: int) -> float:
@@ -118,7 +122,8 @@ class Trainer:
     def state(self, epochs_done: int) -> dict[str, Any]:
         """The checkpoint dict after ``epochs_done`` epochs (tensors and plain values only)."""
         return {"model_class": type(self.model).__name__, "model_config": dict(self.model.config),
-                "model": self.model.state_dict(), "plans": self.plans, "config": self.config,
+                "model": self.model.state_dict(), "plans": {} if self.plans is None else self.plans.to_json(),
+                "config": self.checkpoint_config,
                 "settings": asdict(self.settings), "epoch": epochs_done, "best_dice": self.best_dice,
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "grad_scaler": self.scaler.state_dict(), "rng": rng_state(), "history": self.history,
