@@ -24,13 +24,14 @@ import torch
 
 from diffunet.model import DiffUNet
 
-__all__ = ["RELEASE_EDGE_PREFIX", "RELEASE_DENOISE_PREFIX", "RELEASE_INFERENCE", "ConversionReport",
+__all__ = ["RELEASE_EDGE_PREFIX", "RELEASE_DENOISE_PREFIX", "RELEASE_INFERENCE", "RELEASE_PATCH_SIZE", "ConversionReport",
            "is_release_state", "release_tensors", "release_architecture", "map_release_key", "convert_state_dict",
            "release_checkpoint"]
 
 # a state dict of the original release: its two networks' key prefixes
 RELEASE_EDGE_PREFIX, RELEASE_DENOISE_PREFIX = "edge_model.", "denoise_model."
 # the release's inference, as options of ours (diffunet/diffunet_model.py and nnunet3d_denoise.py there)
+RELEASE_PATCH_SIZE = [128, 128, 128]  # the paper's training patch: the sliding window a converted checkpoint predicts with
 RELEASE_INFERENCE = {"sampling_time_input": "logsnr", "fusion": "mean", "add_boundary_logits": True,
                      "boundary_target": "segmentation", "steps": 3, "rand_steps": 1, "mc_samples": 3,
                      "bit_scale": 0.001}
@@ -179,11 +180,14 @@ def convert_state_dict(release: dict[str, Any]) -> tuple[DiffUNet, ConversionRep
 
 def release_checkpoint(release: dict[str, Any], source: str = "", plans: dict[str, Any] | None = None,
                        dataset: str = "release", channel_names: Sequence[str] | None = None,
-                       label_names: Sequence[str] | None = None) -> tuple[dict[str, Any], ConversionReport]:
+                       label_names: Sequence[str] | None = None, patch_size: Sequence[int] | None = None
+                       ) -> tuple[dict[str, Any], ConversionReport]:
     """A checkpoint dict of ours (``model_class``, ``model_config``, ``model``, ``plans``, ``config``) from a
     release state dict, and the report of :func:`convert_state_dict`. ``plans``: a full plan of ours to
     store (then prediction can preprocess raw images like our training data); otherwise a minimal one
-    from ``dataset``, ``channel_names`` and ``label_names`` (labels 0..K-1)."""
+    from ``dataset``, ``channel_names`` and ``label_names`` (labels 0..K-1). ``patch_size`` (z, y, x): the
+    sliding window prediction uses (the checkpoint's training patch, as for our own checkpoints); None: the
+    plan's planned patch, else :data:`RELEASE_PATCH_SIZE`."""
     model, report = convert_state_dict(release)
     c = model.config
     if plans is None:
@@ -195,6 +199,11 @@ def release_checkpoint(release: dict[str, Any], source: str = "", plans: dict[st
         raise ValueError(f"the release network takes {c['in_channels']} channel(s) and predicts {c['num_classes']} "
                          f"classes; the plan names {len(plans['channel_names'])} channel(s) and "
                          f"{len(plans['labels'])} label(s)")
+    if patch_size is None:
+        patch_size = (plans.get("network") or {}).get("patch_size", RELEASE_PATCH_SIZE)
+    patch_size = [int(p) for p in patch_size]
+    model.check_patch_size(patch_size)
     checkpoint = {"model_class": type(model).__name__, "model_config": dict(c), "model": model.state_dict(),
-                  "plans": plans, "config": {"converted_from": source, "dropped": report.dropped}}
+                  "plans": plans, "config": {"converted_from": source, "dropped": report.dropped,
+                                             "patch_size": patch_size}}
     return checkpoint, report

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from light_training.checkpoint import build_model, load_checkpoint
-from light_training.release import RELEASE_INFERENCE, convert_state_dict
+from light_training.release import RELEASE_INFERENCE, RELEASE_PATCH_SIZE, convert_state_dict
 
 REFERENCE = Path(__file__).resolve().parent / "reference"
 
@@ -113,8 +113,12 @@ def test_command_writes_a_checkpoint_that_loads_like_ours(tmp_path, repo_root):
     assert "dropped 20 release keys, 208,208 parameters" in result.stdout and "transforms.5.weight" in result.stdout
     checkpoint = load_checkpoint(tmp_path / "ours.pt")
     assert checkpoint["plans"]["channel_names"] == ["CT"] and checkpoint["plans"]["labels"] == [0, 1]
+    # the window prediction reads from every checkpoint: the paper's patch, or the one given
+    assert checkpoint["config"]["patch_size"] == RELEASE_PATCH_SIZE == [128, 128, 128]
     model = build_model(checkpoint)
     assert sum(p.numel() for p in model.parameters()) == 62_834_512
+    result = convert(f"--output={tmp_path / 'small.pt'}", "--patch_size=[64,96,96]")
+    assert result.returncode == 0 and load_checkpoint(tmp_path / "small.pt")["config"]["patch_size"] == [64, 96, 96]
     result = convert(f"--output={tmp_path / 'bad.pt'}", "--channel_names=a,b")
     assert result.returncode == 1 and "1 channel" in result.stderr and not (tmp_path / "bad.pt").exists()
 

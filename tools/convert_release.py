@@ -21,5 +21,6 @@ plans = None  # plans.json of our preprocessing to store (needed to predict raw 
 dataset = "release"  # dataset name of the minimal plan (without plans)
 channel_names = None  # comma-separated channel names, e.g. CT or t1n,t1c,t2w,t2f; None: channel_0, ...
 label_names = None  # comma-separated class names, background first; None: background, class_1, ...
+patch_size = None  # [z,y,x] sliding window to predict with; None: the plan's patch, else the paper's [128,128,128]
 
 run(convert_release, globals())

@@ -26,6 +26,7 @@ class ConvertSettings:
     dataset: str
     channel_names: str | list[str] | None
     label_names: str | list[str] | None
+    patch_size: list[int] | None = None
 
     def __post_init__(self):
         if not self.source or not self.output:
@@ -49,7 +50,7 @@ def convert_release(config: dict[str, Any], script: str) -> Path:
         release = torch.load(source, map_location="cpu", weights_only=True)
         plans = json.loads(Path(c.plans).read_text()) if c.plans else None
         checkpoint, report = release_checkpoint(release, source, plans, c.dataset, _names(c.channel_names),
-                                                _names(c.label_names))
+                                                _names(c.label_names), c.patch_size)
     except (OSError, ValueError, RuntimeError) as err:  # json.JSONDecodeError is a ValueError
         raise ValueError(f"{source}: {err}") from None
     save_checkpoint(checkpoint, output)

@@ -128,7 +128,11 @@ def _find_cases(c: PredictStageSettings, description: DatasetDescription, checkp
         return {raw.case: raw for raw in raw_cases}, {raw.case: everyone for raw in raw_cases}
     members: dict[str, list[int]] = {}
     for i, checkpoint in enumerate(checkpoints):
-        for name in held_out_cases(c.data_dir, checkpoint["config"]["fold"] if c.fold is None else c.fold):
+        fold = checkpoint["config"].get("fold") if c.fold is None else c.fold
+        if fold is None:  # a converted release checkpoint: no training fold of ours
+            raise ValueError(f"checkpoint {i + 1} of {len(checkpoints)} was not trained on a fold of {c.data_dir} "
+                             f"(e.g. a converted release): give --input_dir=SCANS to predict, or --fold=K")
+        for name in held_out_cases(c.data_dir, fold):
             members.setdefault(name, []).append(i)
     missing = [n for n in members if not (Path(c.data_dir) / f"{n}.json").is_file()]
     if missing:
