@@ -72,3 +72,14 @@ def test_an_ensemble_command_lists_every_checkpoint(runs):
 def test_ranking_puts_nan_last():
     ranked = rank_configurations([Configuration("a", ("a",), float("nan")), Configuration("b", ("b",), 0.1)])
     assert [c.name for c in ranked] == ["b", "a"]
+
+
+def test_postprocessed_predictions_are_refused(runs, repo_root):
+    """An ensemble averages the raw probabilities; a run whose label maps were postprocessed would be compared
+    on other terms, so it is refused, naming the folder and what to do."""
+    tmp_path, dataset, results = runs
+    (results / "mid" / "toy_1_record.json").write_text(json.dumps({"postprocessing": {"foreground": True}}))
+    args = [f"--dataset={dataset}", "--runs=[good,mid]", f"--results_dir={results}",
+            f"--gt_dir={tmp_path / 'labels'}", f"--output_dir={tmp_path / 'best'}", "--num_processes=0"]
+    with pytest.raises(ValueError, match=r"mid: 1 prediction\(s\) were postprocessed .*--postprocessing=False"):
+        find_best_configuration(apply_overrides({"__file__": str(repo_root / SCRIPT)}, args), SCRIPT)

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from light_training.io import read_json, write_json
 
-__all__ = ["RECORD_SUFFIX", "OUTPUT_SETTINGS", "case_part", "resolve_part", "file_digest",
+__all__ = ["RECORD_SUFFIX", "OUTPUT_SETTINGS", "case_part", "resolve_part", "file_digest", "postprocessed_cases",
            "run_fingerprint", "source_stamp", "case_outputs", "record_path", "is_done", "write_record"]
 
 RECORD_SUFFIX = "_record.json"
@@ -83,6 +83,13 @@ def case_outputs(save_dir: str | Path, case: str, save_probabilities: bool, save
 
 def record_path(save_dir: str | Path, case: str) -> Path:
     return Path(save_dir) / f"{case}{RECORD_SUFFIX}"
+
+
+def postprocessed_cases(save_dir: str | Path, cases: Sequence[str]) -> list[str]:
+    """The ``cases`` of ``save_dir`` whose records say postprocessing was applied to their label map: not
+    the raw held-out predictions that choosing postprocessing, or comparing configurations, needs."""
+    return [case for case in cases if record_path(save_dir, case).is_file()
+            and read_json(record_path(save_dir, case)).get("postprocessing")]
 
 
 def is_done(save_dir: str | Path, case: str, fingerprint: str, stamp: list[list], outputs: Sequence[Path]) -> bool:

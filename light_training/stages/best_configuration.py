@@ -14,7 +14,7 @@ from light_training.evaluation.configurations import (Configuration, ensemble_pr
                                                       headline_score, pairs_of, rank_configurations)
 from light_training.evaluation.scoring import evaluate_folder, nifti_cases
 from light_training.inference.ensemble import checkpoint_paths
-from light_training.inference.resume import OUTPUT_SETTINGS
+from light_training.inference.resume import OUTPUT_SETTINGS, postprocessed_cases
 from light_training.io import read_json, write_json
 from light_training.preprocessing.raw_cases import find_label_files
 from light_training.config import settings_from
@@ -110,6 +110,11 @@ def find_best_configuration(config: dict[str, Any], script: str) -> Configuratio
         raise ValueError(f"no such prediction folder(s) {missing}: predict each run's held-out folds first")
     ground_truths = (nifti_cases(c.gt_dir) if c.gt_dir else find_label_files(Path(c.raw_dir), description))
     predictions = {run: nifti_cases(folder) for run, folder in folders.items()}
+    for run, folder in folders.items():  # an ensemble averages raw probabilities: every run is compared raw
+        if done := postprocessed_cases(folder, list(predictions[run])):
+            raise ValueError(f"{folder}: {len(done)} prediction(s) were postprocessed (e.g. {done[0]}), the "
+                             f"ensembles' probabilities are not; predict the held-out folds again with "
+                             f"--postprocessing=False to compare them")
     common = [case for case in ground_truths if all(case in p for p in predictions.values())]
     if not common:
         raise ValueError(f"no case has a ground truth and a prediction of every run ({', '.join(runs)})")

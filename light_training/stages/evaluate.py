@@ -12,7 +12,7 @@ from light_training.evaluation.postprocessing import determine_postprocessing
 from light_training.evaluation.scoring import format_table, format_unscored, nifti_cases, pair_cases
 from light_training.evaluation.uncertainty import UNCERTAINTY_COLUMNS, evaluate_folder_with_uncertainty
 from light_training.inference.model_package import CROSSVAL_FOLDER
-from light_training.inference.resume import RECORD_SUFFIX
+from light_training.inference.resume import postprocessed_cases
 from light_training.io import atomic_path, read_json
 from light_training.postprocessing import write_postprocessing
 from light_training.preprocessing.raw_cases import find_label_files
@@ -100,8 +100,7 @@ def _determine(c: EvaluateStageSettings, description: DatasetDescription, pred_d
     tables to ``<logdir>/crossval/``."""
     logdir = _training_run(c.logdir, pred_dir)
     predictions = nifti_cases(pred_dir)
-    done = [case for case in predictions if (pred_dir / f"{case}{RECORD_SUFFIX}").is_file()
-            and read_json(pred_dir / f"{case}{RECORD_SUFFIX}").get("postprocessing")]
+    done = postprocessed_cases(pred_dir, list(predictions))
     if done:
         raise ValueError(f"{pred_dir}: {len(done)} prediction(s) were postprocessed already (e.g. {done[0]}); "
                          f"predict the held-out folds again with --postprocessing=False to choose it")
