@@ -35,7 +35,7 @@ from diffunet import build_network  # noqa: E402
 from light_training.checkpoint import save_checkpoint  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
 from light_training.io import read_json, write_json  # noqa: E402
-from light_training.planning.plans import plan_dataset  # noqa: E402
+from light_training.planning.dataset_plan import plan_dataset  # noqa: E402
 from light_training.preprocessing.raw_cases import find_raw_cases  # noqa: E402
 from light_training.stages import load_average  # noqa: E402
 from light_training.synthetic.generate import AIIB_FOLDER, BRATS_FOLDER, generate_aiib2023, generate_brats2023  # noqa

@@ -20,7 +20,8 @@ from light_training.config import apply_overrides  # noqa: E402
 from light_training.io import read_label  # noqa: E402
 from light_training.preprocessing.raw_cases import find_raw_cases  # noqa: E402
 from light_training.preprocessing.preprocess import load_case, preprocess_dataset, restore_to_original  # noqa: E402
-from light_training.planning.plans import plans_path, prepare_plans  # noqa: E402
+from light_training.planning.dataset_plan import prepare_plans  # noqa: E402
+from light_training.plans import plans_path  # noqa: E402
 from light_training.synthetic.generate import generate_aiib2023, generate_brats2023  # noqa: E402
 
 datasets = ["aiib2023", "brats2023"]  # which datasets to time

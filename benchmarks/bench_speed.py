@@ -282,7 +282,7 @@ if not quick:
     from light_training.training.augmentation import make_training_stream
     from light_training.io import read_image
     from light_training.preprocessing.raw_cases import find_raw_cases
-    from light_training.planning.plans import plan_dataset
+    from light_training.planning.dataset_plan import plan_dataset
     from light_training.preprocessing.preprocess import preprocess_case, save_case
     from light_training.synthetic.generate import generate_aiib2023
     vpreset = volume_preset or ("paper" if dev.type == "cuda" else "tiny")

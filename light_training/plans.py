@@ -1,16 +1,35 @@
 """A plan read through typed fields (:class:`Plans`, its planned network :class:`NetworkPlan`).
 
-:mod:`light_training.planning.plans` writes ``plans.json``; every later stage reads it, and every
+:mod:`light_training.planning.dataset_plan` writes ``plans.json`` (:func:`plans_path`); every later stage reads it, and every
 checkpoint and model zip stores it as the plain dict it was read from (``to_json``), so old checkpoints
 load and new ones hold the same bytes. The types sit beside the other shared descriptions (datasets,
 I/O), below the training, inference and preprocessing rooms that read them.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["CaseFingerprint", "NetworkPlan", "Plans"]
+__all__ = ["plans_path", "plans_hash", "CaseFingerprint", "NetworkPlan", "Plans"]
+
+# every plan entry that changes the preprocessed arrays, and the planned network: a case preprocessed under
+# another hash is redone
+_PLANS_HASH_KEYS = ("dataset", "channel_names", "labels", "normalization", "target_spacing", "intensity_properties",
+                    "resampling", "network")
+
+
+def plans_path(data_dir: str | Path) -> Path:
+    """Where the plan of the preprocessed cases in ``data_dir`` lives: ``<data_dir>/../plans.json``."""
+    return Path(data_dir).parent / "plans.json"
+
+
+def plans_hash(plans: dict[str, Any]) -> str:
+    """A short hash of what decides the preprocessed arrays; stored in every case's properties."""
+    text = json.dumps({k: plans.get(k) for k in _PLANS_HASH_KEYS}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

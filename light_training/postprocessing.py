@@ -2,7 +2,7 @@
 connected component of the foreground, and/or of single labels.
 
 The rules live in ``postprocessing.json`` beside the folds of a training run (written by the metrics
-scripts with ``--determine_postprocessing=True``, :mod:`light_training.evaluation.postprocessing`), travel in
+scripts with ``--determine_postprocessing=True``, :mod:`light_training.evaluation.choose_postprocessing`), travel in
 an exported model zip, and are applied by prediction to each case's label map on the source grid, after
 the argmax. Components are 26-connected (``scipy.ndimage.label`` with the full 3x3x3 structure, as
 nnU-Net's ``skimage.measure.label`` default); voxels removed become background (0).

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from light_training.checkpoint import load_checkpoint
 from light_training.preprocessing.raw_cases import find_raw_cases
-from light_training.planning.plans import plans_path, prepare_plans
+from light_training.planning.dataset_plan import prepare_plans
+from light_training.plans import plans_path
 from light_training.preprocessing.preprocess import preprocess_dataset
 from light_training.synthetic.generate import generate_aiib2023
 

@@ -207,7 +207,7 @@ def test_training_takes_the_plans_patch_and_batch(tmp_path):
 
 
 def test_the_network_is_in_the_plans_hash():
-    from light_training.planning.plans import plans_hash
+    from light_training.plans import plans_hash
 
     base = {"dataset": "example", "channel_names": ["MRI"], "labels": [0, 1], "normalization": ["ZScore"],
             "target_spacing": [4.0, 1.0, 1.0], "intensity_properties": [None], "resampling": {}}

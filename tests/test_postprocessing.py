@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from light_training.config import apply_overrides
-from light_training.evaluation.postprocessing import candidate_rules, candidates_dice, decide_postprocessing
+from light_training.evaluation.choose_postprocessing import candidate_rules, candidates_dice, decide_postprocessing
 from light_training.postprocessing import Postprocessing, apply_postprocessing, read_postprocessing
 from light_training.io import Geometry, write_volume
 from light_training.stages.evaluate import evaluate

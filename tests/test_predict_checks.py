@@ -15,7 +15,7 @@ from diffunet import build_network
 from light_training.checkpoint import load_checkpoint, save_checkpoint
 from light_training.datasets import load_dataset
 from light_training.io import Geometry, read_volume, write_volume
-from light_training.planning.plans import plan_dataset
+from light_training.planning.dataset_plan import plan_dataset
 from light_training.preprocessing.raw_cases import find_raw_cases
 from light_training.stages.predict import check_scans
 from light_training.synthetic.generate import AIIB_FOLDER, BRATS_FOLDER, generate_aiib2023, generate_brats2023

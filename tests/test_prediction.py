@@ -8,7 +8,7 @@ import torch
 from diffunet import DiffUNet
 from light_training.io import Geometry, read_volume, write_volume
 from light_training.preprocessing.raw_cases import find_raw_cases
-from light_training.planning.plans import plan_dataset
+from light_training.planning.dataset_plan import plan_dataset
 from light_training.inference.prediction import (InferenceSettings, predict_volume, prepare_for_inference,
                                                   save_prediction)
 from light_training.compilation import compile_for_inference

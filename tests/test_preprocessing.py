@@ -11,7 +11,8 @@ from light_training.preprocessing.normalization import foreground_mask
 from light_training.preprocessing.raw_cases import check_nifti_file
 from light_training.preprocessing.raw_cases import find_raw_cases
 from light_training.preprocessing.preprocess import list_cases, load_case, preprocess_case, preprocess_dataset, restore_to_original
-from light_training.planning.plans import plan_dataset, plans_path, prepare_plans
+from light_training.planning.dataset_plan import plan_dataset, prepare_plans
+from light_training.plans import plans_path
 from light_training.preprocessing.resampling import anisotropic_axis
 from light_training.synthetic.generate import generate_aiib2023, generate_brats2023
 

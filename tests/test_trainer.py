@@ -17,8 +17,8 @@ from light_training.checkpoint import archive_previous_run, build_model, load_ch
 from light_training.training.dataloading import ValidationPatches
 from light_training.preprocessing.raw_cases import find_raw_cases
 from light_training.preprocessing.preprocess import list_cases, preprocess_dataset
-from light_training.planning.plans import plans_path, prepare_plans
-from light_training.plans import Plans
+from light_training.planning.dataset_plan import prepare_plans
+from light_training.plans import Plans, plans_path
 from light_training.synthetic.generate import generate_aiib2023
 from light_training.training.monitor import summary_line
 from light_training.training.skips import SkippedStep, skip_message, stop_message

@@ -8,7 +8,7 @@ from typing import Any
 
 from light_training.datasets import DatasetDescription, load_dataset
 from light_training.evaluation.metric_sets import metric_for
-from light_training.evaluation.postprocessing import determine_postprocessing
+from light_training.evaluation.choose_postprocessing import determine_postprocessing
 from light_training.evaluation.scoring import format_table, format_unscored, nifti_cases, pair_cases
 from light_training.evaluation.uncertainty import UNCERTAINTY_COLUMNS, evaluate_folder_with_uncertainty
 from light_training.inference.model_package import CROSSVAL_FOLDER

@@ -37,8 +37,7 @@ from light_training.fast_paths import resolve_fast_paths
 from light_training.inference.prediction import InferenceSettings, prepare_for_inference
 from light_training.parallel import map_cases
 from light_training.config import settings_from
-from light_training.planning.plans import plans_path
-from light_training.plans import Plans
+from light_training.plans import Plans, plans_path
 from light_training.preprocessing.raw_cases import RawCase, find_raw_cases
 from light_training.runtime import configure_backends, rank_device, resolve_device, resolve_precision, set_cpu_threads
 from light_training.stages import StageFailed, write_config

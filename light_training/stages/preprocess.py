@@ -7,8 +7,8 @@ from typing import Any
 
 from light_training.datasets import load_dataset
 from light_training.planning.network_plan import describe_network
-from light_training.planning.plans import plans_path, prepare_plans
-from light_training.plans import Plans
+from light_training.planning.dataset_plan import prepare_plans
+from light_training.plans import Plans, plans_path
 from light_training.preprocessing.preprocess import preprocess_dataset
 from light_training.preprocessing.raw_cases import NIFTI_ENDINGS, find_raw_cases, layout_path
 from light_training.config import settings_from

@@ -15,8 +15,7 @@ from light_training.fast_paths import resolve_fast_paths
 from light_training.io import read_json
 from light_training.memory.fit import check_training_memory
 from light_training.planning.network_plan import describe_network, network_for_patch, planned_model_options
-from light_training.planning.plans import plans_path
-from light_training.plans import NetworkPlan, Plans
+from light_training.plans import NetworkPlan, Plans, plans_path
 from light_training.runtime import (cleanup_distributed, configure_backends, resolve_device, resolve_precision,
                                     seed_everything, set_cpu_threads, setup_distributed)
 from light_training.stages import StageFailed, write_config

@@ -1,4 +1,5 @@
-"""The plan (nnU-Net's fingerprint + plans).
+"""Planning a dataset (nnU-Net's fingerprint + plans): what ``plans.json`` holds, computed from the raw cases
+(the file's path, hash and typed reading: :mod:`light_training.plans`).
 
 The plan (``plans.json``, one JSON file read by every later stage) holds the dataset's fingerprint
 (per case spacing, shape, shape after cropping, label values; per channel foreground intensity
@@ -19,6 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from light_training.io import read_json, write_json
+from light_training.plans import plans_hash, plans_path
 from light_training.parallel import map_cases
 from light_training.preprocessing.normalization import intensity_statistics
 from light_training.preprocessing.preprocess import case_seed, nonzero_bounding_box
@@ -27,20 +29,10 @@ from light_training.planning.network_plan import Estimator, plan_network
 from light_training.preprocessing.raw_cases import RawCase, read_raw_case
 from light_training.preprocessing.resampling import ANISOTROPY_THRESHOLD, shape_for_spacing
 
-__all__ = ["plans_path", "plans_hash", "plan_dataset", "prepare_plans"]
+__all__ = ["plan_dataset", "prepare_plans"]
 
 INTENSITY_SAMPLES_TOTAL = 10_000_000  # foreground voxels sampled per channel over the whole dataset
 INTENSITY_SAMPLES_PER_CASE = (1_000, 100_000)  # ... but at least / at most this many per case
-# every plan entry that changes the preprocessed arrays, and the planned network: a case preprocessed under
-# another hash is redone
-_PLANS_HASH_KEYS = ("dataset", "channel_names", "labels", "normalization", "target_spacing", "intensity_properties",
-                    "resampling", "network")
-
-
-
-def plans_path(data_dir: str | Path) -> Path:
-    """Where the plan of the preprocessed cases in ``data_dir`` lives: ``<data_dir>/../plans.json``."""
-    return Path(data_dir).parent / "plans.json"
 
 
 def _fingerprint(raw: RawCase, description: DatasetDescription, num_samples: int) -> tuple[dict[str, Any], np.ndarray]:
@@ -65,12 +57,6 @@ def _check_spacing(target_spacing: Sequence[float] | None) -> list[float] | None
     if len(target_spacing) != 3 or not all(isinstance(s, (int, float)) and s > 0 for s in target_spacing):
         raise ValueError(f"target_spacing must be 3 positive numbers (z, y, x) in mm, or None, got {target_spacing!r}")
     return [float(s) for s in target_spacing]
-
-
-def plans_hash(plans: dict[str, Any]) -> str:
-    """A short hash of what decides the preprocessed arrays; stored in every case's properties."""
-    text = json.dumps({k: plans.get(k) for k in _PLANS_HASH_KEYS}, sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def plan_dataset(raw_cases: Sequence[RawCase], description: DatasetDescription | str,
