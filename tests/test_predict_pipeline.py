@@ -309,13 +309,18 @@ def test_each_scan_is_read_once_and_the_workers_start_before_the_models_load(sca
     root, folder = scans
     log = tmp_path / "reads.txt"
     monkeypatch.setattr(raw_cases, "read_image", _counting_reader(log))
-    workers_at_load = []
+    workers_at_load, workers_at_backends = [], []
 
     def load_models(*args, **kwargs):
         workers_at_load.append(len(multiprocessing.active_children()))
         return real_load(*args, **kwargs)
-    real_load = stage.load_models
+
+    def configure_backends(*args, **kwargs):  # the first call that asks CUDA something (its capability)
+        workers_at_backends.append(len(multiprocessing.active_children()))
+        return real_configure(*args, **kwargs)
+    real_load, real_configure = stage.load_models, stage.configure_backends
     monkeypatch.setattr(stage, "load_models", load_models)
+    monkeypatch.setattr(stage, "configure_backends", configure_backends)
     written = predict_in_process(repo_root, folder, tmp_path / "out", f"--checkpoint={root / 'a.pt'}",
                                  "--num_parts=2", "--part_id=0", "--num_processes_preprocessing=1",
                                  "--num_processes_export=1")
@@ -323,6 +328,7 @@ def test_each_scan_is_read_once_and_the_workers_start_before_the_models_load(sca
     reads = log.read_text().split()
     assert sorted(reads) == sorted(p.name for p in written), reads  # each scan once (a case's file: its name)
     assert workers_at_load == [2]  # 1 loading + 1 writing process, forked before the models were loaded
+    assert workers_at_backends == [2]  # ... and before the precision is resolved (on CUDA: the first CUDA call)
     assert "checked 2 scan(s) in" in capsys.readouterr().out
     for path in written:
         seconds = json.loads(path.with_name(path.name.replace(".nii.gz", "_record.json")).read_text())["seconds"]

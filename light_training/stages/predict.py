@@ -174,8 +174,7 @@ def predict(config: dict[str, Any], script: str) -> list[Path]:
     """
     c = settings_from(PredictStageSettings, config)
     set_cpu_threads(c.num_threads)
-    device = rank_device(resolve_device(c.device), os.environ)
-    configure_backends(device, resolve_precision(c.precision, device))  # cudnn.benchmark; TF32 only under bf16/fp16
+    device = rank_device(resolve_device(c.device), os.environ)  # CUDA untouched: device_count asks NVML
     num_parts, part_id = resume.resolve_part(c.num_parts, c.part_id, os.environ)
     resume.case_part([], num_parts, part_id)  # checks the two constants before any work
     pre, export = default_workers(device.type, os.cpu_count() or 1)
@@ -189,7 +188,8 @@ def _predict_part(c: PredictStageSettings, constants: dict[str, Any], script: st
                   num_parts: int, part_id: int, pools: WorkerPools) -> list[Path]:
     """:func:`predict` once the device, the part and the worker ``pools`` are settled; ``constants`` (the
     script's, which ``c`` was built from) are only hashed into the run's fingerprint and written beside the
-    outputs."""
+    outputs. The first call that touches CUDA (its capability, for the precision) comes after the fork."""
+    configure_backends(device, resolve_precision(c.precision, device))  # cudnn.benchmark; TF32 only under bf16/fp16
     models = load_models(c.model, c.checkpoint, c.folds, c.logdir, c.checkpoint_name, c.dataset,
                          device, None if c.input_dir else plans_path(c.data_dir), c.postprocessing)
     loaded, paths, rules = models.members, models.sources, models.postprocessing
