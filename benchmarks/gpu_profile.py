@@ -100,11 +100,8 @@ def precision_of(candidate: Candidate) -> str:
 
 
 def backends(candidate: Candidate) -> None:
-    """cuDNN's settings of the candidate's precision (configure_backends), then TF32 when it asks for it."""
-    configure_backends(dev, precision_of(candidate))
-    if candidate.tf32:
-        torch.backends.cudnn.fp32_precision = "tf32"
-        torch.backends.cuda.matmul.fp32_precision = "tf32"
+    """cuDNN's settings of the candidate's precision (configure_backends), TF32 where it asks for it."""
+    configure_backends(dev, precision_of(candidate), tf32=True if candidate.tf32 else None)
 
 
 def fresh_model() -> DiffUNet:

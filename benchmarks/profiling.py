@@ -155,7 +155,7 @@ def skip_reason(candidate: Candidate, device_type: str, low: str, compiling: boo
     if candidate.precision == "low" and low == "fp32":
         return "no bf16/fp16 units here: 'auto' is fp32"
     if candidate.compile is not None and not compiling:
-        return "compiled candidates off (--compile=False)"
+        return "compiled candidates off (--torch_compile=False)"
     if candidate.compile == "reduce-overhead" and not cuda:
         return "CUDA graphs need CUDA"
     if candidate.compile == "regional" and not regional:

@@ -133,9 +133,10 @@ def backend_settings(device_type: str, precision: str) -> dict[str, bool]:
     return {"cudnn_benchmark": cuda, "tf32": cuda and precision != "fp32"}
 
 
-def configure_backends(device: torch.device, precision: str) -> dict[str, bool]:
+def configure_backends(device: torch.device, precision: str, tf32: bool | None = None) -> dict[str, bool]:
     """Apply :func:`backend_settings` for ``device`` and the resolved ``precision`` (process-wide); returns them.
-    Call it once a stage knows both (training and prediction).
+    Call it once a stage knows both (training and prediction). ``tf32``: None, the rule; True/False overrides
+    it (a benchmark's TF32 candidate: fp32 on TF32 tensor cores).
 
     TF32 is switched with torch's legacy switches (``cudnn.allow_tf32``, ``cuda.matmul.allow_tf32``), which
     set the newer per-operation ``fp32_precision`` too, and then each operation's ``fp32_precision`` to its
@@ -144,6 +145,8 @@ def configure_backends(device: torch.device, precision: str) -> dict[str, bool]:
     "tf32" from a parent switch set earlier (``cudnn.fp32_precision``: the per-operation value "none"
     means the parent's)."""
     settings = backend_settings(device.type, precision)
+    if tf32 is not None:
+        settings["tf32"] = device.type == "cuda" and tf32
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = settings["cudnn_benchmark"]
         tf32 = settings["tf32"]

@@ -131,7 +131,7 @@ def test_skip_reasons():
     assert skip_reason(by_key["tf32"], "cuda", "bf16", True, True) is None
     assert "emulated" in skip_reason(by_key["fp16"], "cpu", "bf16", True, True)
     assert "'auto' is fp32" in skip_reason(by_key["autocast"], "cpu", "fp32", True, True)
-    assert "--compile=False" in skip_reason(by_key["compiled"], "cuda", "bf16", False, True)
+    assert "--torch_compile=False" in skip_reason(by_key["compiled"], "cuda", "bf16", False, True)
     assert "regional=" in skip_reason(by_key["compiled_regional"], "cuda", "bf16", True, False)
     graphs = {c.key: c for c in SAMPLE_CANDIDATES}["compiled_graphs"]
     assert "CUDA graphs" in skip_reason(graphs, "cpu", "bf16", True, True)

@@ -116,6 +116,24 @@ def test_configure_backends_keeps_every_tf32_query_working(before):
         cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision, matmul.fp32_precision = saved[2:]
 
 
+def test_a_tf32_override_turns_every_fp32_switch_to_tf32():
+    """A benchmark's TF32 candidate (fp32 on TF32 tensor cores): every query says TF32, not only the parent
+    switch (an operation set to "ieee" before does not inherit a parent's "tf32")."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.benchmark, cudnn.fp32_precision, cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision,
+             matmul.fp32_precision)
+    try:
+        configure_backends(torch.device("cuda:0"), "fp32")
+        assert _switches() == IEEE
+        assert configure_backends(torch.device("cuda:0"), "fp32", tf32=True)["tf32"]
+        assert _switches() == TF32 and cuda_fp32_math() == "tf32"
+        assert not configure_backends(torch.device("cpu"), "fp32", tf32=True)["tf32"]  # a CUDA mode only
+    finally:
+        cudnn.benchmark, cudnn.fp32_precision = saved[:2]
+        cudnn.allow_tf32, matmul.allow_tf32 = saved[2] == "tf32", saved[4] == "tf32"
+        cudnn.conv.fp32_precision, cudnn.rnn.fp32_precision, matmul.fp32_precision = saved[2:]
+
+
 def test_fp32_math_names_what_runs():
     assert fp32_math("ieee", "ieee") == fp32_math("none", "ieee") == "ieee"  # "none": never switched, IEEE
     assert fp32_math("tf32", "tf32") == "tf32"
