@@ -164,7 +164,13 @@ def test_a_skipped_step_says_whether_the_loss_or_the_gradient_was_not_finite(dat
     hook.remove()
     skip = trainer.last_skip
     assert skip.loss_finite and skip.parameter == name and skip.largest == float("inf")
-    assert skip_message(skip).startswith(f"the loss was finite, the gradient was not (largest in {name}: inf")
+    assert skip_message(skip) == f"the loss was finite, the gradient was not (largest in {name}: NaN/Inf)"
+    hook = weight.register_hook(lambda g: g + 1e30)  # finite values whose norm overflows (as the issue saw)
+    assert trainer.train_step(good, 0) is None
+    hook.remove()
+    assert trainer.last_skip.loss_finite and trainer.last_skip.largest >= 1e30
+    assert skip_message(trainer.last_skip).startswith(f"the loss was finite, the gradient's norm was not (largest "
+                                                      f"in {name}: 1e+30")
 
 
 def test_fp32_is_suggested_only_where_the_loss_held_and_the_gradient_did_not():

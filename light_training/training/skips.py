@@ -38,7 +38,10 @@ def skip_message(skip: SkippedStep) -> str:
     """What a skipped step's warning says about it."""
     if not skip.loss_finite:
         return "the loss was NaN/Inf"
-    return f"the loss was finite, the gradient was not (largest in {skip.parameter}: {skip.largest:.3g})"
+    if math.isfinite(skip.largest):  # every value finite, but their norm overflowed (from about 1e19 in fp32)
+        return (f"the loss was finite, the gradient's norm was not (largest in {skip.parameter}: "
+                f"{skip.largest:.3g}, finite values too large to square)")
+    return f"the loss was finite, the gradient was not (largest in {skip.parameter}: NaN/Inf)"
 
 
 def stop_message(skips: Sequence[SkippedStep], precision: str) -> str:
