@@ -16,6 +16,7 @@ import torch
 from diffunet.presets import total_strides
 from light_training.memory.estimator import GIB, estimate_train_step
 from light_training.runtime import resolve_precision
+from light_training.training.step import TrainSettings
 
 __all__ = ["CUDA_RESERVED_GIB", "ALLOCATOR_MARGIN", "fits_on_card", "fit_problem", "StepEstimator", "step_peak_bytes",
            "over_budget_warning", "settings_to_try", "memory_verdict", "check_gpu_memory", "check_training_memory"]
@@ -45,8 +46,9 @@ def fit_problem(peak_bytes: int, card_gib: float, reserved_gib: float = CUDA_RES
 StepEstimator = Callable[[Sequence[int], int, dict], int]
 
 
-def step_peak_bytes(model: torch.nn.Module, precision: str) -> StepEstimator:
-    """The estimator of ``model``'s training step in ``precision`` ("fp32", "bf16", "fp16"), cached."""
+def step_peak_bytes(model: torch.nn.Module, precision: str, settings: TrainSettings | None = None) -> StepEstimator:
+    """The estimator of ``model``'s training step in ``precision`` ("fp32", "bf16", "fp16") with the trainer's
+    recipe ``settings`` (None: :class:`TrainSettings`'s defaults), cached."""
     cache: dict[tuple, int] = {}
 
     def estimate(patch_size: Sequence[int], batch_size: int, options: dict) -> int:
@@ -54,7 +56,8 @@ def step_peak_bytes(model: torch.nn.Module, precision: str) -> StepEstimator:
         if key not in cache:
             cache[key] = estimate_train_step(type(model).__name__, model.config, list(patch_size), int(batch_size),
                                              precision, mc_chunk=options.get("mc_chunk"),
-                                             checkpointing=bool(options.get("checkpointing"))).peak_bytes
+                                             checkpointing=bool(options.get("checkpointing")),
+                                             settings=settings).peak_bytes
         return cache[key]
     return estimate
 
@@ -137,13 +140,13 @@ def check_gpu_memory(device: torch.device, estimate: StepEstimator, patch_size: 
     return memory_verdict(peak, free, tried)
 
 
-def check_training_memory(model: torch.nn.Module, patch_size: list[int], batch_size: int, precision: str,
+def check_training_memory(model: torch.nn.Module, patch_size: list[int], batch_size: int, settings: TrainSettings,
                           options: dict[str, Any], device: torch.device, network: dict[str, Any] | None = None,
                           plan_line: str = "", planned_network: bool = False, is_main: bool = True) -> str | None:
     """The training stage's check before the loaders start: print the plan (``network``, the plan's
     ``"network"`` entry, and ``plan_line``, the planner's line of it) beside the settings unless they are the
-    plan's own with ``planned_network``; on a GPU, estimate the step's peak in ``precision`` (resolved
-    here) with the memory ``options`` (``mc_chunk``, ``checkpointing``, ``accumulate_steps``), warn when
+    plan's own with ``planned_network``; on a GPU, estimate the step of the trainer's recipe ``settings`` (its
+    precision resolved here) with the memory ``options`` (``mc_chunk``, ``checkpointing``, ``accumulate_steps``), warn when
     explicit settings exceed the plan's memory target, and return the message that stops training
     (:func:`check_gpu_memory`) when the free memory is below it; None otherwise. No estimate on the CPU (it
     takes seconds, and the target is a GPU's)."""
@@ -152,7 +155,7 @@ def check_training_memory(model: torch.nn.Module, patch_size: list[int], batch_s
         print(f"the plan for this dataset (--planned_network=True --patch_size=None --batch_size=None): {plan_line}")
     if device.type != "cuda":
         return None
-    estimate = step_peak_bytes(model, resolve_precision(precision, device))
+    estimate = step_peak_bytes(model, resolve_precision(settings.precision, device), settings)
     if network is not None and not planned and is_main:
         warning = over_budget_warning(estimate(patch_size, batch_size, options), network, patch_size, batch_size,
                                       plan_line)

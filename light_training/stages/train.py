@@ -133,13 +133,13 @@ def patch_and_batch(settings: TrainStageSettings, plans: Plans, model) -> tuple[
     return [int(p) for p in patch], int(batch)
 
 
-def _check_memory(s: TrainStageSettings, plans: Plans, model, patch: list[int], batch: int, device,
-                  is_main: bool) -> None:
+def _check_memory(s: TrainStageSettings, recipe: TrainSettings, plans: Plans, model, patch: list[int], batch: int,
+                  device, is_main: bool) -> None:
     """The memory room's check before the loaders start (:func:`check_training_memory`); :class:`StageFailed`
     when the step does not fit the GPU's free memory."""
     network = None if plans.network is None else plans.network.to_json()
     options = {"mc_chunk": s.mc_chunk, "checkpointing": s.checkpointing, "accumulate_steps": s.accumulate_steps}
-    stop = check_training_memory(model, patch, batch, s.precision, options, device, network,
+    stop = check_training_memory(model, patch, batch, recipe, options, device, network,
                                  describe_network(network) if network is not None else "", s.planned_network, is_main)
     if stop:
         raise StageFailed(stop)
@@ -169,7 +169,13 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
                   f"{derived['strides']}, kernels {derived['kernel_sizes']}; every feature map >= 4 voxels per axis)")
         set_memory_options(model, mc_chunk=s.mc_chunk, checkpointing=s.checkpointing)
         patch, batch = patch_and_batch(s, plans, model)
-        _check_memory(s, plans, model, patch, batch, device, dist.is_main)
+        precision = resolve_precision(s.precision, device)
+        recipe = TrainSettings(max_epoch=s.max_epoch, num_iterations_per_epoch=s.num_iterations_per_epoch,
+                               batch_size=batch, val_every=s.val_every, lr=s.lr, precision=s.precision, seed=s.seed,
+                               accumulate_steps=s.accumulate_steps,
+                               channels_last=resolve_fast_paths("train", device.type, precision,
+                                                                s.channels_last).channels_last)
+        _check_memory(s, recipe, plans, model, patch, batch, device, dist.is_main)  # estimates the recipe's step
         c = {**c, "patch_size": patch, "batch_size": batch}  # resolved: the checkpoint's config tells prediction
         if resolve_training_compile(s.torch_compile, device):
             compile_for_training(model, s.compile_regional)
@@ -186,12 +192,6 @@ def train(config: dict[str, Any], script: str) -> dict[str, Any]:
                 print(f"note: {logdir} held an earlier run, moved to {moved} (use --resume=True to continue)")
             write_config(c, script, logdir)
         dist.barrier()
-        precision = resolve_precision(s.precision, device)
-        recipe = TrainSettings(max_epoch=s.max_epoch, num_iterations_per_epoch=s.num_iterations_per_epoch,
-                               batch_size=batch, val_every=s.val_every, lr=s.lr, precision=s.precision, seed=s.seed,
-                               accumulate_steps=s.accumulate_steps,
-                               channels_last=resolve_fast_paths("train", device.type, precision,
-                                                                s.channels_last).channels_last)
         trainer = Trainer(model, recipe, logdir, plans, c, device, dist)
         configure_backends(device, trainer.precision)  # cudnn.benchmark; TF32 only under bf16/fp16
         if s.resume:
