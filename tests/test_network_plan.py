@@ -217,10 +217,10 @@ def test_the_network_is_in_the_plans_hash():
     assert len(hashes) == 4
 
 
-def test_a_smaller_patch_gets_the_topology_the_plans_rules_derive_for_it():
+def test_a_smaller_patch_gets_the_topology_the_plans_rules_derive_for_it(tmp_path):
     """Issue 23's thick-slice brain MRI (1 x 1 x 2.5 mm, about 66 x 217 x 173 voxels): the plan pools y and x
     five times, so its strides on a [32, 64, 64] patch would leave a 2 x 2 x 2 bottleneck."""
-    from diffunet import network_from_config
+    from light_training.checkpoint import build_model, load_checkpoint, save_checkpoint
     from light_training.planning.network_plan import network_for_patch
     from light_training.stages.train import build_training_network, training_topology
 
@@ -238,8 +238,15 @@ def test_a_smaller_patch_gets_the_topology_the_plans_rules_derive_for_it():
     model = build_training_network(_train_settings(**config), plans)
     assert model.config["strides"] == derived["strides"] and model.config["features"] == [8, 16, 32, 64, 80]
     model.check_patch_size([32, 64, 64])
-    rebuilt = network_from_config("DiffUNet", model.config)  # what prediction does with a checkpoint's config
-    assert rebuilt.config["strides"] == derived["strides"]
+    # what prediction does: the checkpoint written and read back, its network rebuilt from model_config alone
+    save_checkpoint({"model_class": "DiffUNet", "model_config": model.config, "model": model.state_dict(),
+                     "plans": plans.to_json(), "config": {"patch_size": [32, 64, 64]}}, tmp_path / "best.pt")
+    rebuilt = build_model(load_checkpoint(tmp_path / "best.pt"))  # strict: every weight's key and shape match
+    assert rebuilt.config == model.config and rebuilt.config["kernel_size"] == derived["kernel_sizes"]
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 32, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.boundary(x)[0], model.eval().boundary(x)[0])  # the same network, the same logits
     # the plan's own patch: its topology
     assert training_topology(_train_settings(**{**config, "patch_size": None}), plans) is network
     assert network_for_patch(network, network["patch_size"]) is network
