@@ -90,10 +90,10 @@ for preset, compiled, batch_size, choice in runs:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
         seconds = min(times)  # the least disturbed step (a shared machine's other processes only add time)
-    precision = trainer.precision
+    resolved = trainer.precision
     rows.append([f"train step{f' compiled (first steps {first:.0f} s)' if compiled else ''}"
                  f"{', PyTorch backward' if choice == 'pytorch' else ''}", preset,
-                 f"{batch_size}x" + "x".join(map(str, patch)), f"{where}, {precision}",
+                 f"{batch_size}x" + "x".join(map(str, patch)), f"{where}, {resolved}",
                  f"{1 / seconds:.3f} steps/s", f"{batch_size / seconds:.2f} patches/s"])
     print(rows[-1], flush=True)
     del model, trainer
