@@ -8,7 +8,7 @@ of a 256^3 volume with the mirrors batched (and how many graphs torch.compile bu
 over a 600 x 512 x 512 volume; and bf16 stability (issue 23: does the library's bf16 conv weight gradient
 hold on a 2 x 2 x 2 input, does a 2 x 2 x 2-bottleneck model train in bf16 without skipped steps). With --device=cpu the same checks run at small sizes (tiny preset; peaks
 from the CPU allocator's events in torch.profiler), which tests/test_gpu_check.py runs so this script
-cannot rot. Paste the table into docs/on_a_gpu.md.
+cannot rot. Paste the table into docs/gpu.md.
 
 Also the training scripts' default on a GPU, the compiled step: seconds to the first step (compiling),
 s/step after, graphs compiled at the first and the second validation (the second should compile none).
