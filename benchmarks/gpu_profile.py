@@ -10,8 +10,8 @@ GradScaler), each with its time, share of the bf16 matmul peak, peak memory and 
 reference (sampling: same argmax, max |p - p_fp32|; training: the loss and the gradient's direction after
 one step from the same weights and noise).
 
-About 5 minutes on an H100/H200 without the compiled training candidates (each compiles for minutes, issue
-24 item 3). With --device=cpu the same runs at small sizes (tiny preset), which tests/test_gpu_profile.py does.
+About 5 minutes on an H100/H200 without the compiled training candidates (each compiles its training step
+first: minutes). With --device=cpu the same runs at small sizes (tiny preset), which tests/test_gpu_profile.py does.
 docs/gpu.md reads the tables.
 
 Examples:
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.measure import (flops_of, fp32_math, held_bytes, matmul_peak, peak_bytes, sync,  # noqa: E402
                                 timed)
 from benchmarks.profiling import (KINDS, SAMPLE_CANDIDATES, TRAIN_CANDIDATES, Candidate,  # noqa: E402
-                                  compile_training, fp32_kernel_math, has_regional_compile, kernel_records,
+                                  compile_training, fp32_kernel_math, kernel_records,
                                   skip_reason, time_by_kind)
 from diffunet import DiffUNet  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
@@ -163,7 +163,7 @@ def profile_kinds(fn: Callable[[], object]) -> tuple[dict[str, float], float, li
 kinds: dict = {"train": {}, "sample": {}}
 for stage, candidates in (("train", TRAIN_CANDIDATES), ("sample", SAMPLE_CANDIDATES)):
     for candidate in [c for c in candidates if c.key in profiled]:
-        if skip_reason(candidate, dev.type, low, False, False):
+        if skip_reason(candidate, dev.type, low, False):
             continue
         backends(candidate)
         torch.manual_seed(seed)
@@ -255,7 +255,6 @@ def measure(stage: str, candidate: Candidate, reference: object) -> tuple[dict, 
     return numbers, agreement, out
 
 
-regional = has_regional_compile()
 sweep: dict = {"train": [], "sample": []}
 for stage, candidates, wanted in (("train", TRAIN_CANDIDATES, train_candidates),
                                   ("sample", SAMPLE_CANDIDATES, sample_candidates)):
@@ -267,7 +266,7 @@ for stage, candidates, wanted in (("train", TRAIN_CANDIDATES, train_candidates),
             continue
         label_text = candidate.label.format(low=low)
         row = {"key": candidate.key, "label": label_text}
-        reason = skip_reason(candidate, dev.type, low, torch_compile, regional)
+        reason = skip_reason(candidate, dev.type, low, torch_compile)
         if reason:
             sweep[stage].append({**row, "skipped": reason})
             print(f"  {label_text:<58}  skipped: {reason}")

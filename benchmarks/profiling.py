@@ -7,7 +7,6 @@ settings of issue 24's sweep; :func:`skip_reason` says why one cannot run here.
 """
 from __future__ import annotations
 
-import inspect
 import re
 from dataclasses import dataclass
 
@@ -16,7 +15,7 @@ import torch
 from light_training.compilation import compile_for_training
 
 __all__ = ["KINDS", "kernel_kind", "kernel_records", "time_by_kind", "fp32_kernel_math", "Candidate",
-           "TRAIN_CANDIDATES", "SAMPLE_CANDIDATES", "skip_reason", "has_regional_compile", "compile_training"]
+           "TRAIN_CANDIDATES", "SAMPLE_CANDIDATES", "skip_reason", "compile_training"]
 
 KINDS = ("conv forward", "conv backward", "normalisation", "element-wise", "casts and copies", "optimizer", "else")
 
@@ -137,16 +136,9 @@ SAMPLE_CANDIDATES = (
 )
 
 
-def has_regional_compile() -> bool:
-    """Whether :func:`light_training.compilation.compile_for_training` takes ``regional=`` (issue 24, item 3)."""
-    return "regional" in inspect.signature(compile_for_training).parameters
-
-
-def skip_reason(candidate: Candidate, device_type: str, low: str, compiling: bool,
-                regional: bool) -> str | None:
+def skip_reason(candidate: Candidate, device_type: str, low: str, compiling: bool) -> str | None:
     """Why ``candidate`` does not run here, or None: ``low`` is what "auto" resolves to on ``device_type``
-    ("fp32" without bf16/fp16 units), ``compiling`` whether compiled candidates are wanted, ``regional``
-    :func:`has_regional_compile`."""
+    ("fp32" without bf16/fp16 units), ``compiling`` whether compiled candidates are wanted."""
     cuda = device_type == "cuda"
     if candidate.tf32 and not cuda:
         return "TF32 is a CUDA tensor-core mode"
@@ -158,19 +150,12 @@ def skip_reason(candidate: Candidate, device_type: str, low: str, compiling: boo
         return "compiled candidates off (--torch_compile=False)"
     if candidate.compile == "reduce-overhead" and not cuda:
         return "CUDA graphs need CUDA"
-    if candidate.compile == "regional" and not regional:
-        return "compile_for_training has no regional= yet (issue 24 item 3)"
     return None
 
 
 def compile_training(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     """The training candidates' compile: :func:`compile_for_training` of the whole networks ("whole") or of
-    their repeated blocks ("regional"), asked for explicitly once it takes ``regional=`` (its default may be
-    either); before that it compiles whole networks only (check :func:`has_regional_compile`)."""
+    their repeated blocks ("regional", the training scripts' default), asked for explicitly."""
     if mode not in ("whole", "regional"):
         raise ValueError(f"mode={mode!r}: expected 'whole' or 'regional'")
-    if has_regional_compile():
-        return compile_for_training(model, regional=mode == "regional")
-    if mode == "regional":
-        raise TypeError("compile_for_training(model, regional=True) is not there yet (issue 24 item 3)")
-    return compile_for_training(model)
+    return compile_for_training(model, regional=mode == "regional")

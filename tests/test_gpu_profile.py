@@ -126,16 +126,16 @@ def test_fp32_math_follows_torchs_switches():
 
 def test_skip_reasons():
     by_key = {c.key: c for c in TRAIN_CANDIDATES}
-    assert skip_reason(by_key["fp32"], "cpu", "fp32", False, False) is None
-    assert "TF32" in skip_reason(by_key["tf32"], "cpu", "bf16", True, True)
-    assert skip_reason(by_key["tf32"], "cuda", "bf16", True, True) is None
-    assert "emulated" in skip_reason(by_key["fp16"], "cpu", "bf16", True, True)
-    assert "'auto' is fp32" in skip_reason(by_key["autocast"], "cpu", "fp32", True, True)
-    assert "--torch_compile=False" in skip_reason(by_key["compiled"], "cuda", "bf16", False, True)
-    assert "regional=" in skip_reason(by_key["compiled_regional"], "cuda", "bf16", True, False)
+    assert skip_reason(by_key["fp32"], "cpu", "fp32", False) is None
+    assert "TF32" in skip_reason(by_key["tf32"], "cpu", "bf16", True)
+    assert skip_reason(by_key["tf32"], "cuda", "bf16", True) is None
+    assert "emulated" in skip_reason(by_key["fp16"], "cpu", "bf16", True)
+    assert "'auto' is fp32" in skip_reason(by_key["autocast"], "cpu", "fp32", True)
+    assert "--torch_compile=False" in skip_reason(by_key["compiled"], "cuda", "bf16", False)
+    assert skip_reason(by_key["compiled_regional"], "cuda", "bf16", True) is None
     graphs = {c.key: c for c in SAMPLE_CANDIDATES}["compiled_graphs"]
-    assert "CUDA graphs" in skip_reason(graphs, "cpu", "bf16", True, True)
-    assert skip_reason(Candidate("x", "x", compile="reduce-overhead"), "cuda", "bf16", True, True) is None
+    assert "CUDA graphs" in skip_reason(graphs, "cpu", "bf16", True)
+    assert skip_reason(Candidate("x", "x", compile="reduce-overhead"), "cuda", "bf16", True) is None
 
 
 def test_gpu_profile_runs_on_the_cpu(repo_root, tmp_path):
@@ -165,24 +165,20 @@ def test_gpu_profile_runs_on_the_cpu(repo_root, tmp_path):
 
 
 def test_training_compile_candidates_ask_for_whole_or_regional(monkeypatch):
-    """Whatever compile_for_training's default, "whole" and "regional" ask for theirs explicitly once it takes
-    regional=; before that, "regional" is refused (and skipped by the sweep)."""
+    """Whatever compile_for_training's default, "whole" and "regional" ask for theirs explicitly."""
     from benchmarks import profiling
     calls = []
 
-    def with_keyword(model, regional: bool = True):
+    def compile_for_training(model, regional: bool = True):
         calls.append(regional)
         return model
 
-    monkeypatch.setattr(profiling, "compile_for_training", with_keyword)
+    monkeypatch.setattr(profiling, "compile_for_training", compile_for_training)
     profiling.compile_training(torch.nn.Linear(1, 1), "whole")
     profiling.compile_training(torch.nn.Linear(1, 1), "regional")
-    assert calls == [False, True] and profiling.has_regional_compile()
-    monkeypatch.setattr(profiling, "compile_for_training", lambda model: calls.append("plain") or model)
-    profiling.compile_training(torch.nn.Linear(1, 1), "whole")
-    assert calls[-1] == "plain" and not profiling.has_regional_compile()
-    with pytest.raises(TypeError, match="regional=True"):
-        profiling.compile_training(torch.nn.Linear(1, 1), "regional")
+    assert calls == [False, True]
+    with pytest.raises(ValueError, match="'whole' or 'regional'"):
+        profiling.compile_training(torch.nn.Linear(1, 1), "blocks")
 
 
 def test_kernel_records_read_a_profile():
