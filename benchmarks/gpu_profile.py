@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.measure import (flops_of, fp32_math, held_bytes, matmul_peak, peak_bytes, sync,  # noqa: E402
                                 timed)
 from benchmarks.profiling import (KINDS, SAMPLE_CANDIDATES, TRAIN_CANDIDATES, Candidate,  # noqa: E402
-                                  compile_training, fp32_kernel_math, kernel_records,
-                                  skip_reason, time_by_kind)
+                                  agreement_sample, agreement_train, compile_training, fp32_kernel_math,
+                                  kernel_records, skip_reason, time_by_kind)
 from diffunet import DiffUNet  # noqa: E402
 from light_training.config import apply_overrides  # noqa: E402
 from light_training.inference.prediction import (InferenceSettings, predict_ensemble,  # noqa: E402
@@ -202,26 +202,6 @@ results["kinds"] = kinds
 
 
 # --------------------------------------------------------------------------- (b) the sweep
-def agreement_train(out: tuple, ref: tuple | None) -> tuple[dict, str]:
-    """The first step's (loss, flat gradient) ``out`` against the fp32 reference's ``ref`` (None: not run)."""
-    loss, grad = out
-    if ref is None or loss is None or ref[0] is None:
-        return {}, "-" if loss is not None else "NaN/Inf step"
-    loss_diff = abs(loss - ref[0]) / abs(ref[0])
-    cosine = float(torch.nn.functional.cosine_similarity(grad.cpu(), ref[1], dim=0))
-    return {"loss_rel_diff": loss_diff, "grad_cosine": cosine}, f"loss {loss_diff:.2%}, grad cos {cosine:.5f}"
-
-
-def agreement_sample(out: torch.Tensor, ref: torch.Tensor | None) -> tuple[dict, str]:
-    """The window's probabilities ``out`` (K, *window) against the fp32 reference's ``ref`` (None: not run)."""
-    if ref is None:
-        return {}, "-"
-    out = out.cpu()
-    same = float((out.argmax(0) == ref.argmax(0)).float().mean())
-    diff = float((out - ref).abs().max())
-    return {"argmax_agreement": same, "max_abs_prob_diff": diff}, f"argmax {same:.3%}, max|dp| {diff:.4f}"
-
-
 def first_train_call(fn: Callable[[], object], trainer: Trainer) -> tuple[float | None, torch.Tensor]:
     """The loss of the first step and its gradient (flattened, unscaled), from the initial weights."""
     torch.manual_seed(seed)

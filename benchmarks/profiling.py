@@ -15,7 +15,8 @@ import torch
 from light_training.compilation import compile_for_training
 
 __all__ = ["KINDS", "kernel_kind", "kernel_records", "time_by_kind", "fp32_kernel_math", "Candidate",
-           "TRAIN_CANDIDATES", "SAMPLE_CANDIDATES", "skip_reason", "compile_training"]
+           "TRAIN_CANDIDATES", "SAMPLE_CANDIDATES", "skip_reason", "compile_training", "agreement_train",
+           "agreement_sample"]
 
 KINDS = ("conv forward", "conv backward", "normalisation", "element-wise", "casts and copies", "optimizer", "else")
 
@@ -159,3 +160,26 @@ def compile_training(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     if mode not in ("whole", "regional"):
         raise ValueError(f"mode={mode!r}: expected 'whole' or 'regional'")
     return compile_for_training(model, regional=mode == "regional")
+
+
+def agreement_train(out: tuple, ref: tuple | None) -> tuple[dict, str]:
+    """The first step's (loss, flat gradient) ``out`` against the fp32 reference's ``ref`` (None: not run): the
+    loss's relative difference and the gradients' cosine (none where the step's gradient was not finite)."""
+    loss, grad = out
+    if ref is None or loss is None or ref[0] is None:
+        return {}, "-" if loss is not None else "NaN/Inf step"
+    loss_diff = abs(loss - ref[0]) / abs(ref[0])
+    if not bool(torch.isfinite(grad).all()):  # fp16: the GradScaler's first scale overflowed; it skipped the step
+        return {"loss_rel_diff": loss_diff}, f"loss {loss_diff:.2%}, gradient NaN/Inf (a skipped fp16 step)"
+    cosine = float(torch.nn.functional.cosine_similarity(grad.cpu(), ref[1], dim=0))
+    return {"loss_rel_diff": loss_diff, "grad_cosine": cosine}, f"loss {loss_diff:.2%}, grad cos {cosine:.5f}"
+
+
+def agreement_sample(out: torch.Tensor, ref: torch.Tensor | None) -> tuple[dict, str]:
+    """The window's probabilities ``out`` (K, *window) against the fp32 reference's ``ref`` (None: not run)."""
+    if ref is None:
+        return {}, "-"
+    out = out.cpu()
+    same = float((out.argmax(0) == ref.argmax(0)).float().mean())
+    diff = float((out - ref).abs().max())
+    return {"argmax_agreement": same, "max_abs_prob_diff": diff}, f"argmax {same:.3%}, max|dp| {diff:.4f}"

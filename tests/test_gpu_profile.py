@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from benchmarks.measure import fp32_math, inherited
-from benchmarks.profiling import (KINDS, SAMPLE_CANDIDATES, TRAIN_CANDIDATES, Candidate, fp32_kernel_math,
-                                  kernel_kind, skip_reason, time_by_kind)
+from benchmarks.profiling import (KINDS, SAMPLE_CANDIDATES, TRAIN_CANDIDATES, Candidate, agreement_sample,
+                                  agreement_train, fp32_kernel_math, kernel_kind, skip_reason, time_by_kind)
 
 CUDA_KERNELS = [  # (kernel name as nsys / torch.profiler show it, the ATen op that launched it, kind)
     ("sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_ndhwckrsc_ndhwc_tilesize128x128x64_warpgroupsize1x1x1_"
@@ -191,3 +191,16 @@ def test_kernel_records_read_a_profile():
     assert kernel_records(prof, "cuda") == []
     seconds = time_by_kind(kernel_records(prof, "cpu"))
     assert seconds["conv forward"] > 0 and seconds["element-wise"] > 0
+
+
+def test_agreement_with_the_fp32_reference():
+    ref = (2.0, torch.tensor([1.0, 0.0, 0.0]))
+    numbers, text = agreement_train((2.2, torch.tensor([1.0, 1.0, 0.0])), ref)
+    assert numbers["loss_rel_diff"] == pytest.approx(0.1) and numbers["grad_cosine"] == pytest.approx(2 ** -0.5)
+    # fp16's first step overflowed: the GradScaler skipped it; no cosine of inf
+    numbers, text = agreement_train((2.0, torch.tensor([float("inf"), 0.0, 0.0])), ref)
+    assert "grad_cosine" not in numbers and "skipped fp16 step" in text
+    assert agreement_train((None, torch.zeros(3)), ref) == ({}, "NaN/Inf step")
+    probs = torch.tensor([[0.9, 0.2], [0.1, 0.8]])  # (K, voxels)
+    numbers, _ = agreement_sample(torch.tensor([[0.6, 0.6], [0.4, 0.4]]), probs)
+    assert numbers["argmax_agreement"] == 0.5 and numbers["max_abs_prob_diff"] == pytest.approx(0.4)
