@@ -11,8 +11,6 @@ strides and kernels, batch size; :mod:`light_training.planning.network_plan`), a
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from light_training.io import read_json, write_json
-from light_training.plans import plans_hash, plans_path
+from light_training.plans import plans_hash
 from light_training.parallel import map_cases
 from light_training.preprocessing.normalization import intensity_statistics
 from light_training.preprocessing.preprocess import case_seed, nonzero_bounding_box

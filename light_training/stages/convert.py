@@ -57,7 +57,7 @@ def convert_release(config: dict[str, Any], script: str) -> Path:
     m = checkpoint["model_config"]
     arch = {k: m[k] for k in ("in_channels", "num_classes", "features", "strides")}
     print(f"converted {source} -> {output}: DiffUNet {arch}")
-    print(f"  release inference: " + ", ".join(f"{k}={m[k]!r}" for k in RELEASE_INFERENCE))
+    print("  release inference: " + ", ".join(f"{k}={m[k]!r}" for k in RELEASE_INFERENCE))
     print(f"  {len(report.aliases)} release keys name a tensor another key names (the decoders' copy of their "
           f"encoder, nnU-Net's all_modules views): checked equal, mapped once")
     print(f"  dropped {len(report.dropped)} release keys, {report.dropped_parameters:,} parameters (modules the "
